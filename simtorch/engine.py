@@ -1,0 +1,308 @@
+"""The one streaming loop shared by every metric.
+
+For each batch: unpack the model input, move it to each model's device, run every distinct
+model once under ``torch.inference_mode`` with hooks that turn each chosen layer's output
+into a centred Gram matrix, stack the Grams per side and hand them to every metric's
+``update``. Metrics keep only sums (float64), so memory does not grow with the dataset and
+the sums can be all-reduced across processes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from .model import SimilarityModel, _batch_size, _GramSink, call_model
+
+__all__ = ["GramBatch", "Metric", "stream", "unpack_batch", "resolve_device"]
+
+
+@dataclass
+class GramBatch:
+    """Everything a metric sees of one batch: the Gram stacks of both sides and context.
+
+    ``grams_a`` is ``(La, n, n)`` float32 (Grams of column-centred activations),
+    ``energy_a`` is ``(La,)`` with each layer's ``‖X‖_F²`` (see :func:`functional.linear_gram`).
+    ``same`` is True when both sides are the same stack (a model against itself).
+    Derived float64 kernels and centred stacks are cached so several metrics of one
+    pass share them.
+    """
+
+    index: int
+    n: int
+    grams_a: Tensor
+    energy_a: Tensor
+    grams_b: Tensor
+    energy_b: Tensor
+    same: bool
+    inputs: Any = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def grams(self, side: str) -> Tensor:
+        return self.grams_a if side == "a" or self.same else self.grams_b
+
+    def energy(self, side: str) -> Tensor:
+        return self.energy_a if side == "a" or self.same else self.energy_b
+
+    def cached(self, key: tuple, fn: Callable[[], Tensor]) -> Tensor:
+        if self.same and len(key) > 1 and key[1] == "b":
+            key = (key[0], "a", *key[2:])
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def kernel(self, side: str, kernel: str, sigma_frac: float = 1.0) -> Tensor:
+        """Float64 kernel stack ``(L, n, n)`` of one side."""
+        return self.cached(("kernel", side, kernel, sigma_frac), lambda: F.kernel_stack(self.grams(side), kernel, sigma_frac))
+
+    def centered(self, side: str, kernel: str, sigma_frac: float, unbiased: bool) -> Tensor:
+        """Flattened centred (``HKH``) or U-centred kernel stack ``(L, n²)``, float64."""
+        return self.cached(
+            ("centered", side, kernel, sigma_frac, unbiased),
+            lambda: F.centered_flat(self.kernel(side, kernel, sigma_frac), unbiased),
+        )
+
+
+class Metric(ABC):
+    """A streaming metric: ``update`` once per batch with sums only, ``result`` at the end."""
+
+    name: str = "metric"
+
+    def bind(self, model_a: SimilarityModel, model_b: SimilarityModel, device: torch.device) -> None:
+        """Called once before the first batch."""
+        self.model_a, self.model_b, self.device = model_a, model_b, device
+
+    @abstractmethod
+    def update(self, batch: GramBatch) -> None: ...
+
+    @abstractmethod
+    def result(self) -> Any:
+        """The metric's :class:`~simtorch.result.SimilarityResult` from the sums so far."""
+
+    def state_tensors(self) -> list[Tensor]:
+        """The sums to all-reduce across processes (torch.distributed), in a fixed order."""
+        return []
+
+    @property
+    def n_batches_used(self) -> int:
+        return getattr(self, "_n_used", 0)
+
+
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
+    """``device`` as a torch.device; default: where ``model``'s parameters live, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if model is not None:
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def unpack_batch(
+    batch: Any, input_key: str | None = None, input_fn: Callable[[Any], Any] | None = None
+) -> Any:
+    """The model input of one loader batch.
+
+    A tensor is the input; a tuple/list's first item is (``(x, y)`` datasets); a mapping is
+    passed whole as keyword arguments (so an ``attention_mask`` reaches the model), or
+    ``batch[input_key]`` when ``input_key`` is given; ``input_fn(batch)`` overrides all.
+    """
+    if input_fn is not None:
+        return input_fn(batch)
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("the loader yielded an empty tuple/list; pass input_fn=... to build the model input")
+        return batch[0]
+    if isinstance(batch, Mapping):
+        if input_key is not None:
+            if input_key not in batch:
+                raise KeyError(f"input_key {input_key!r} is not in the batch; its keys are {list(batch)}")
+            return batch[input_key]
+        return dict(batch)
+    raise TypeError(
+        f"cannot use a batch of type {type(batch).__name__}: the loader must yield tensors, (input, ...) "
+        "tuples/lists or dicts; pass input_fn=lambda batch: ... to build the model input"
+    )
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_to_device(v, device) for v in obj)
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
+
+
+def _model_devices(models: Sequence[SimilarityModel], device: torch.device) -> dict[int, torch.device]:
+    return {id(sm): (sm.device if sm.device is not None else device) for sm in models}
+
+
+class _Placement:
+    """Moves models onto their run device for the computation and back afterwards."""
+
+    def __init__(self, models: Sequence[SimilarityModel], run_device: dict[int, torch.device]) -> None:
+        self.moves: list[tuple[torch.nn.Module, torch.device]] = []
+        seen: set[int] = set()
+        for sm in models:
+            if id(sm.model) in seen:
+                continue
+            seen.add(id(sm.model))
+            where = run_device[id(sm)]
+            current = {p.device for p in sm.model.parameters()} | {b.device for b in sm.model.buffers()}
+            if current and current != {where} and not _same_device(current, where):
+                if len(current) > 1:
+                    raise ValueError(
+                        f"{sm.model_name} is spread over several devices {sorted(map(str, current))}; "
+                        "simtorch does not move such a model: give it a single device or place it yourself "
+                        "and pass SimilarityModel(..., device=<its input device>)"
+                    )
+                self.moves.append((sm.model, next(iter(current))))
+                sm.model.to(where)
+
+    def restore(self) -> None:
+        for model, where in self.moves:
+            model.to(where)
+
+
+def _same_device(current: set[torch.device], where: torch.device) -> bool:
+    # 'cuda' and 'cuda:0' name the same device when 0 is the current one
+    if len(current) != 1:
+        return False
+    (d,) = current
+    if d.type != where.type:
+        return False
+    if where.index is None or d.index is None:
+        return True
+    return d.index == where.index
+
+
+class _FiniteGuard:
+    """Raises, naming layer and batch, when an activation held NaN/inf. On CPU it checks
+    each batch; on an accelerator it keeps device-side flags and looks every 64 batches
+    and at the end, so the loop never waits on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync_every = 1 if device.type == "cpu" else 64
+        self.pending: list[tuple[int, str, list[str], Tensor]] = []
+
+    def add(self, index: int, sm: SimilarityModel, energy: Tensor) -> None:
+        self.pending.append((index, sm.model_name, sm.layer_names, torch.isfinite(energy).all()))
+        if len(self.pending) >= self.sync_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for index, name, layers, ok in self.pending:
+            if not bool(ok):
+                raise FloatingPointError(
+                    f"{name}: an activation in batch {index} holds NaN or inf (layers {layers}); check the "
+                    "input data and the model (e.g. fp16 overflow), or drop those layers"
+                )
+        self.pending.clear()
+
+
+def stream(
+    model_a: SimilarityModel,
+    model_b: SimilarityModel,
+    loader: Iterable,
+    metrics: Sequence[Metric],
+    device: str | torch.device | None = None,
+    *,
+    progress: bool = True,
+    input_key: str | None = None,
+    input_fn: Callable[[Any], Any] | None = None,
+    keep_inputs: bool = False,
+    desc: str | None = None,
+) -> None:
+    """Stream ``loader`` through both models once and feed every metric.
+
+    Models that are the same module run once per batch with both sides' hooks. Hooks,
+    train/eval flags and model placement are restored in ``finally``; the metrics keep the
+    sums of every batch that completed, so a partial result survives an interruption.
+    """
+    device = resolve_device(device, model_a.model)
+    run_device = _model_devices((model_a, model_b), device)
+    same = model_a is model_b
+    for metric in metrics:
+        metric.bind(model_a, model_b, device)
+    # one forward pass per distinct module; several wrappers of it share that pass
+    groups: dict[int, list[SimilarityModel]] = {}
+    for sm in (model_a,) if same else (model_a, model_b):
+        groups.setdefault(id(sm.model), []).append(sm)
+
+    iterator: Iterable = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, desc=desc or "simtorch", unit="batch", leave=False)
+
+    guard = _FiniteGuard(device)
+    placement = _Placement((model_a, model_b), run_device)
+    n_batches = 0
+    try:
+        with torch.inference_mode():
+            for index, batch in enumerate(iterator):
+                raw = unpack_batch(batch, input_key, input_fn)
+                n = _batch_size(raw)
+                mask = raw.get("attention_mask") if isinstance(raw, Mapping) else None
+                sinks: dict[int, _GramSink] = {}
+                for members in groups.values():
+                    where = run_device[id(members[0])]
+                    inputs = _to_device(raw, where)
+                    m = mask.to(where, non_blocking=True) if isinstance(mask, Tensor) else None
+                    with ExitStack() as hooks:
+                        for sm in members:
+                            sinks[id(sm)] = _GramSink(len(sm.layer_names), n, m)
+                            hooks.enter_context(sm.capturing(sinks[id(sm)]))
+                        call_model(members[0].model, inputs)
+                    for sm in members:
+                        sm.check_sink(sinks[id(sm)])
+                ga, ea = _stack(sinks[id(model_a)], device)
+                gb, eb = (ga, ea) if same else _stack(sinks[id(model_b)], device)
+                guard.add(index, model_a, ea)
+                if not same:
+                    guard.add(index, model_b, eb)
+                gram_batch = GramBatch(
+                    index=index, n=n, grams_a=ga, energy_a=ea, grams_b=gb, energy_b=eb, same=same,
+                    inputs=_to_device(raw, device) if keep_inputs else None,
+                )
+                for metric in metrics:
+                    metric.update(gram_batch)
+                n_batches += 1
+        guard.flush()
+    finally:
+        placement.restore()
+        if progress and hasattr(iterator, "close"):
+            iterator.close()
+    if n_batches == 0:
+        raise ValueError("the loader yielded no batches; nothing to compare")
+
+
+def _stack(sink: _GramSink, device: torch.device) -> tuple[Tensor, Tensor]:
+    grams = torch.stack([g for g in sink.grams])  # type: ignore[misc]
+    energy = torch.stack([e for e in sink.energy])  # type: ignore[misc]
+    return grams.to(device, non_blocking=True), energy.to(device, non_blocking=True)
+
+
+def warn_skipped(metric_name: str, skipped: int, skipped_samples: int, min_n: int, reason: str) -> None:
+    """The one wording for batches a metric could not use."""
+    if skipped:
+        warnings.warn(
+            f"{metric_name}: skipped {skipped} batch(es) holding {skipped_samples} sample(s) with fewer than "
+            f"{min_n} samples ({reason}); use a batch size that divides the dataset or drop_last=True",
+            UserWarning,
+            stacklevel=3,
+        )
