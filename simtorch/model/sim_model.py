@@ -20,7 +20,7 @@ from typing import Any, Iterator, Literal, Union
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
+from .. import functional as F
 
 __all__ = ["SimilarityModel", "LayerSpec", "first_tensor", "unwrap_model"]
 
