@@ -87,9 +87,26 @@ class Metric(ABC):
     def result(self) -> Any:
         """The metric's :class:`~simtorch.result.SimilarityResult` from the sums so far."""
 
+    #: integer attributes that are sums over batches (all-reduced with the tensors)
+    counters: tuple[str, ...] = ("n_samples", "_n_used", "skipped", "skipped_samples")
+
     def state_tensors(self) -> list[Tensor]:
         """The sums to all-reduce across processes (torch.distributed), in a fixed order."""
         return []
+
+    def all_reduce(self) -> None:
+        """Sum the state over every process of the default group, so each rank holds the
+        statistics of the whole dataset (the accumulators are sums by design)."""
+        import torch.distributed as dist
+
+        for t in self.state_tensors():
+            dist.all_reduce(t)
+        names = [c for c in self.counters if hasattr(self, c)]
+        if names:
+            counts = torch.tensor([getattr(self, c) for c in names], dtype=torch.float64, device=self.device)
+            dist.all_reduce(counts)
+            for c, v in zip(names, counts.tolist()):
+                setattr(self, c, int(round(v)))
 
     @property
     def n_batches_used(self) -> int:
@@ -226,12 +243,18 @@ def stream(
     input_fn: Callable[[Any], Any] | None = None,
     keep_inputs: bool = False,
     desc: str | None = None,
+    autocast: torch.dtype | None = None,
 ) -> None:
     """Stream ``loader`` through both models once and feed every metric.
 
     Models that are the same module run once per batch with both sides' hooks. Hooks,
     train/eval flags and model placement are restored in ``finally``; the metrics keep the
     sums of every batch that completed, so a partial result survives an interruption.
+
+    ``autocast`` (``torch.bfloat16``/``torch.float16``) runs the forward passes under
+    ``torch.autocast``; the Grams are still computed in float32 and summed in float64.
+    When ``torch.distributed`` is initialised, each rank streams its own shard and the
+    metrics' sums are all-reduced at the end, so every rank holds the whole-data result.
     """
     device = resolve_device(device, model_a.model)
     run_device = _model_devices((model_a, model_b), device)
@@ -267,6 +290,8 @@ def stream(
                         for sm in members:
                             sinks[id(sm)] = _GramSink(len(sm.layer_names), n, m)
                             hooks.enter_context(sm.capturing(sinks[id(sm)]))
+                        if autocast is not None:
+                            hooks.enter_context(torch.autocast(device_type=where.type, dtype=autocast))
                         call_model(members[0].model, inputs)
                     for sm in members:
                         sm.check_sink(sinks[id(sm)])
@@ -283,12 +308,30 @@ def stream(
                     metric.update(gram_batch)
                 n_batches += 1
         guard.flush()
+        if _distributed():
+            for metric in metrics:
+                metric.all_reduce()
+            n_batches = _global_count(n_batches, device)
     finally:
         placement.restore()
         if progress and hasattr(iterator, "close"):
             iterator.close()
     if n_batches == 0:
         raise ValueError("the loader yielded no batches; nothing to compare")
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _global_count(n: int, device: torch.device) -> int:
+    import torch.distributed as dist
+
+    t = torch.tensor([n], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
 
 
 def _stack(sink: _GramSink, device: torch.device) -> tuple[Tensor, Tensor]:

@@ -321,7 +321,9 @@ class SimilarityModel:
             if want is not None and want >= 0 and call != want:
                 return
             t = self._reduce(name, output, sink.n, sink.mask)
-            g, e = F.linear_gram(t.detach())
+            # under autocast the Gram must still be a float32 product, not a bf16/fp16 one
+            with torch.autocast(device_type=t.device.type, enabled=False):
+                g, e = F.linear_gram(t.detach())
             sink.grams[i] = g
             sink.energy[i] = e
 

@@ -41,6 +41,9 @@ class BaseSimilarity:
         is passed as keyword arguments (``model(**batch)``).
     input_fn : callable, optional
         ``input_fn(batch) -> model input``, for any other batch layout.
+    autocast : torch.dtype, optional
+        Run the forward passes under ``torch.autocast`` with this dtype (``torch.bfloat16``
+        or ``torch.float16``). Grams stay float32 and sums float64.
     """
 
     similarity_name = "base"
@@ -54,7 +57,10 @@ class BaseSimilarity:
         progress: bool = True,
         input_key: str | None = None,
         input_fn: Callable[[Any], Any] | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
+        if autocast not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast must be torch.bfloat16, torch.float16 or None, got {autocast!r}")
         for i, sm in enumerate((sim_model1, sim_model2), 1):
             if not isinstance(sm, SimilarityModel):
                 raise TypeError(
@@ -67,6 +73,7 @@ class BaseSimilarity:
         self.progress = progress
         self.input_key = input_key
         self.input_fn = input_fn
+        self.autocast = autocast
         self.sim_matrix: np.ndarray | None = None
         self.result: SimilarityResult | None = None
 
@@ -88,6 +95,7 @@ class BaseSimilarity:
                 self.sim_model1, self.sim_model2, dataloader, [metric], self.device,
                 progress=self.progress, input_key=self.input_key, input_fn=self.input_fn,
                 keep_inputs=getattr(metric, "needs_inputs", False), desc=metric.name,
+                autocast=self.autocast,
             )
         except BaseException:
             if metric.n_batches_used:
