@@ -174,21 +174,33 @@ class _Placement:
     def __init__(self, models: Sequence[SimilarityModel], run_device: dict[int, torch.device]) -> None:
         self.moves: list[tuple[torch.nn.Module, torch.device]] = []
         seen: set[int] = set()
-        for sm in models:
-            if id(sm.model) in seen:
-                continue
-            seen.add(id(sm.model))
-            where = run_device[id(sm)]
-            current = {p.device for p in sm.model.parameters()} | {b.device for b in sm.model.buffers()}
-            if current and current != {where} and not _same_device(current, where):
-                if len(current) > 1:
-                    raise ValueError(
-                        f"{sm.model_name} is spread over several devices {sorted(map(str, current))}; "
-                        "simtorch does not move such a model: give it a single device or place it yourself "
-                        "and pass SimilarityModel(..., device=<its input device>)"
-                    )
-                self.moves.append((sm.model, next(iter(current))))
-                sm.model.to(where)
+        try:
+            for sm in models:
+                if id(sm.model) in seen:
+                    continue
+                seen.add(id(sm.model))
+                where = run_device[id(sm)]
+                current = {p.device for p in sm.model.parameters()} | {b.device for b in sm.model.buffers()}
+                if current and current != {where} and not _same_device(current, where):
+                    if len(current) > 1:
+                        if sm.device is not None:
+                            continue  # placed by the user: it stays put, its inputs go to sm.device
+                        raise ValueError(
+                            f"{sm.model_name} is spread over several devices {sorted(map(str, current))}; "
+                            "simtorch does not move such a model: give it a single device or place it yourself "
+                            "and pass SimilarityModel(..., device=<its input device>)"
+                        )
+                    if next(iter(current)).type == "meta":
+                        raise ValueError(
+                            f"{sm.model_name} has its parameters on the 'meta' device (no data); materialise "
+                            "it first (e.g. model.to_empty(device=...) then load_state_dict, or "
+                            "load_state_dict(..., assign=True))"
+                        )
+                    self.moves.append((sm.model, next(iter(current))))
+                    sm.model.to(where)
+        except BaseException:
+            self.restore()  # a model moved before the failure goes back where it was
+            raise
 
     def restore(self) -> None:
         for model, where in self.moves:
@@ -217,15 +229,16 @@ class _FiniteGuard:
         self.pending: list[tuple[int, str, list[str], Tensor]] = []
 
     def add(self, index: int, sm: SimilarityModel, energy: Tensor) -> None:
-        self.pending.append((index, sm.model_name, sm.layer_names, torch.isfinite(energy).all()))
+        self.pending.append((index, sm.model_name, sm.layer_names, torch.isfinite(energy)))
         if len(self.pending) >= self.sync_every:
             self.flush()
 
     def flush(self) -> None:
         for index, name, layers, ok in self.pending:
-            if not bool(ok):
+            if not bool(ok.all()):
+                bad = [layer for layer, fine in zip(layers, ok.tolist()) if not fine]
                 raise FloatingPointError(
-                    f"{name}: an activation in batch {index} holds NaN or inf (layers {layers}); check the "
+                    f"{name}: an activation in batch {index} holds NaN or inf (layers {bad}); check the "
                     "input data and the model (e.g. fp16 overflow), or drop those layers"
                 )
         self.pending.clear()

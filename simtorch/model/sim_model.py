@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -111,6 +112,17 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
+def _takes_two_args(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` can be called as ``fn(name, output)`` (else ``fn(output)``)."""
+    try:
+        inspect.signature(fn).bind("name", None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): the documented one-argument form
+        return False
+    return True
+
+
 def _suggest(spec: LayerSpec, names: list[str]) -> str:
     if not isinstance(spec, str):
         return ""
@@ -192,6 +204,7 @@ class SimilarityModel:
         self.layers_to_include = list(layers_to_include or [])
         self.device = torch.device(device) if device is not None else None
         self.output_fn = output_fn
+        self._output_fn_named = output_fn is not None and _takes_two_args(output_fn)
         self.sequence = sequence
         self.eval_mode = eval_mode
         self._modules, self.layer_names = self._resolve(self.layers_to_include)
@@ -237,11 +250,20 @@ class SimilarityModel:
 
     def _resolve_call_index(self, call_index: int | Mapping[str, int] | None) -> dict[str, int | None]:
         if call_index is None or isinstance(call_index, int):
-            return {n: call_index for n in self.layer_names}
-        unknown = [k for k in call_index if k not in self._modules]
-        if unknown:
-            raise ValueError(f"call_index names layers that are not selected: {unknown}; selected: {self.layer_names}")
-        return {n: call_index.get(n) for n in self.layer_names}
+            resolved = {n: call_index for n in self.layer_names}
+        else:
+            unknown = [k for k in call_index if k not in self._modules]
+            if unknown:
+                raise ValueError(f"call_index names layers that are not selected: {unknown}; selected: {self.layer_names}")
+            resolved = {n: call_index.get(n) for n in self.layer_names}
+        # the hooks keep call `i` (i ≥ 0) or the last one (-1); -2, -3… would silently give the last
+        bad = {n: i for n, i in resolved.items() if i is not None and (not isinstance(i, int) or i < -1)}
+        if bad:
+            raise ValueError(
+                f"call_index must be an int ≥ 0 (0 = first call) or -1 (last call); got {bad}. "
+                "For the k-th call from the end, give its index from the start."
+            )
+        return resolved
 
     def available_layers(self) -> list[str]:
         """Every qualified module name that ``layers_to_include`` can select."""
@@ -258,10 +280,9 @@ class SimilarityModel:
     # ------------------------------------------------------------------ capture
     def _reduce(self, name: str, output: Any, n: int, mask: Tensor | None) -> Tensor:
         if self.output_fn is not None:
-            try:
-                t = self.output_fn(name, output)
-            except TypeError:
-                t = self.output_fn(output)
+            # the form is read from the signature (in __init__), never by catching TypeError:
+            # that would hide the user's own TypeError behind a misleading 'missing argument'
+            t = self.output_fn(name, output) if self._output_fn_named else self.output_fn(output)
         else:
             t = first_tensor(output)
         if not isinstance(t, Tensor):
