@@ -65,6 +65,16 @@ class GroupedSums:
         """For each group g: the totals without it, stacked on dim 0."""
         return {k: self.total(k).unsqueeze(0) - self.groups(k) for k in self.buf}
 
+    def extras(self, prefix: str = "hsic") -> dict[str, np.ndarray]:
+        """Totals and per-group sums as numpy arrays for a result (``<prefix>_<term>`` and
+        ``<prefix>_groups_<term>`` with groups on axis 0), so a saved result keeps what its
+        uncertainty was computed from."""
+        out = {f"{prefix}_{k}": to_numpy(v) for k, v in self.totals().items()}
+        out.update({f"{prefix}_groups_{k}": to_numpy(self.groups(k)) for k in self.buf})
+        out[f"{prefix}_group_batches"] = np.array([min(self.block, self.count - g * self.block)
+                                                   for g in range(self.n_groups)], dtype=np.int64)
+        return out
+
     def state_tensors(self) -> list[Tensor]:
         return [self.buf[k] for k in sorted(self.buf)]
 

@@ -107,7 +107,7 @@ class CKAMetric(Metric):
             metric=self.name, settings=self.settings(),
             n_samples=self.n_samples, n_batches=self._n_used,
             n_skipped=self.skipped, skipped_samples=self.skipped_samples,
-            extras={f"hsic_{k}": to_numpy(v) for k, v in t.items()},
+            extras=self.sums.extras(),
         )
 
     def state_tensors(self) -> list[Tensor]:
