@@ -11,6 +11,12 @@ __version__ = "0.3.0"
 from . import functional
 from .model import SimilarityModel
 from .result import SimilarityResult
-from .similarity import CKA, BaseSimilarity
+from .similarity import CKA, BaseSimilarity, DeltaCKA, InformationImbalance
+from .compare import compare
 
-__all__ = ["SimilarityModel", "SimilarityResult", "BaseSimilarity", "CKA", "functional", "__version__"]
+__all__ = ["SimilarityModel", "SimilarityResult", "BaseSimilarity", "CKA", "DeltaCKA", "InformationImbalance",
+           "compare", "functional", "__version__"]
+
+from .checkpoints import compare_checkpoints  # noqa: E402  (issue 4: research workflows)
+
+__all__ += ["compare_checkpoints"]

@@ -2,5 +2,7 @@
 
 from .base import BaseSimilarity
 from .cka import CKA
+from .dcka import DeltaCKA
+from .information_imbalance import InformationImbalance
 
-__all__ = ["BaseSimilarity", "CKA"]
+__all__ = ["BaseSimilarity", "CKA", "DeltaCKA", "InformationImbalance"]

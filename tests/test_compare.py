@@ -1,0 +1,173 @@
+"""simtorch.compare: several metrics from one pass equal each metric run alone."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import simtorch
+from simtorch import CKA, DeltaCKA, InformationImbalance, SimilarityModel
+from simtorch.similarity.cka import CKAMetric
+
+LAYERS_A = ["conv1", "relu1", "conv2", "fc"]
+LAYERS_B = ["fc1", "fc2", "fc3"]
+
+
+def conv_net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(3, 4, 3, padding=1), relu1=nn.ReLU(), conv2=nn.Conv2d(4, 6, 3, stride=2),
+        flat=nn.Flatten(), fc=nn.Linear(54, 10),
+    ))
+
+
+def mlp(seed: int = 1) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(OrderedDict(
+        flat=nn.Flatten(), fc1=nn.Linear(192, 32), relu1=nn.ReLU(), fc2=nn.Linear(32, 16), tanh=nn.Tanh(),
+        fc3=nn.Linear(16, 8),
+    ))
+
+
+def loader(n: int = 64, bs: int = 16, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 4, generator=g) @ torch.randn(4, 192, generator=g)  # inputs with structure
+    x = (base + torch.randn(n, 192, generator=g)).reshape(n, 3, 8, 8)
+    return DataLoader(TensorDataset(x, torch.zeros(n)), batch_size=bs, shuffle=False)
+
+
+class CountForward:
+    def __init__(self, model: nn.Module) -> None:
+        self.calls = 0
+        model.register_forward_pre_hook(self)
+
+    def __call__(self, *args) -> None:
+        self.calls += 1
+
+
+def same(r1, r2) -> None:
+    np.testing.assert_allclose(r1.matrix, r2.matrix, atol=1e-12, rtol=0, equal_nan=True)
+    np.testing.assert_allclose(r1.stderr, r2.stderr, atol=1e-12, rtol=0, equal_nan=True)
+    assert r1.layers_a == r2.layers_a and r1.layers_b == r2.layers_b and r1.metric == r2.metric
+    assert r1.n_samples == r2.n_samples and r1.n_batches == r2.n_batches
+    assert set(r1.extras) == set(r2.extras)
+    for k in r1.extras:
+        np.testing.assert_allclose(r1.extras[k], r2.extras[k], atol=1e-12, rtol=0, equal_nan=True)
+
+
+def test_one_pass_equals_each_metric_alone():
+    A, B = conv_net(0), mlp(1)
+    a = SimilarityModel(A, "A", LAYERS_A, device="cpu")
+    b = SimilarityModel(B, "B", LAYERS_B, device="cpu")
+    dl = loader(70, 16)  # last batch of 6
+    fa, fb = CountForward(A), CountForward(B)
+    res = simtorch.compare(a, b, dl, progress=False)
+    assert list(res) == ["cka", "dcka", "ii"]
+    assert fa.calls == fb.calls == 5  # one forward per model per batch for all three metrics
+    alone = {}
+    for key, cls in (("cka", CKA), ("dcka", DeltaCKA), ("ii", InformationImbalance)):
+        sim = cls(a, b, device="cpu", progress=False)
+        sim.compute(dl)
+        alone[key] = sim.result
+        same(res[key], alone[key])
+    assert res["cka"].settings["unbiased"] is True and res["dcka"].settings["unbiased"] is False
+    # three different grids: a mix-up of metrics would be caught
+    assert np.abs(res["cka"].matrix - res["dcka"].matrix).max() > 0.05
+    assert np.abs(res["cka"].matrix - res["ii"].matrix).max() > 0.05
+    assert "pve_a" in res["dcka"].extras and "reverse" in res["ii"].extras
+
+
+def test_plain_modules_with_layer_lists_and_options():
+    A, B = conv_net(2), mlp(3)
+    dl = loader(48, 16, seed=1)
+    res = simtorch.compare(
+        A, B, dl, metrics=("cka", "dcka", "ii"), layers_a=["conv*", "fc"], layers_b=["fc?"],
+        name_a="Conv", name_b="MLP", progress=False,
+        cka_kwargs={"kernel": "rbf", "unbiased": False},
+        dcka_kwargs={"unbiased": True, "remove_negative_eig": True},
+        ii_kwargs={"subset_size": 24},
+    )
+    a = SimilarityModel(A, "Conv", ["conv1", "conv2", "fc"], device="cpu")
+    b = SimilarityModel(B, "MLP", ["fc1", "fc2", "fc3"], device="cpu")
+    runs = {
+        "cka": CKA(a, b, device="cpu", kernel="rbf", unbiased=False, progress=False),
+        "dcka": DeltaCKA(a, b, device="cpu", unbiased=True, remove_negative_eig=True, progress=False),
+        "ii": InformationImbalance(a, b, device="cpu", subset_size=24, progress=False),
+    }
+    for key, sim in runs.items():
+        sim.compute(dl)
+        same(res[key], sim.result)
+    assert res["cka"].model_a == "Conv" and res["ii"].layers_b == ["fc1", "fc2", "fc3"]
+    assert res["ii"].n_batches == 2  # two pooled subsets of 24
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in list(A.modules()) + list(B.modules()))
+
+
+def test_metric_instances_and_mapping_keys():
+    A, B = conv_net(4), mlp(5)
+    dl = loader(32, 16, seed=2)
+    res = simtorch.compare(A, B, dl, metrics={"linear": "cka", "rbf": CKAMetric(kernel="rbf")},
+                           layers_a=LAYERS_A, layers_b=LAYERS_B, progress=False)
+    assert set(res) == {"linear", "rbf"}
+    a = SimilarityModel(A, "A", LAYERS_A, device="cpu")
+    b = SimilarityModel(B, "B", LAYERS_B, device="cpu")
+    np.testing.assert_allclose(res["rbf"].matrix, CKA(a, b, kernel="rbf", progress=False).compute(dl), atol=1e-12)
+    np.testing.assert_allclose(res["linear"].matrix, CKA(a, b, progress=False).compute(dl), atol=1e-12)
+
+
+def test_model_against_itself_runs_one_forward_per_batch():
+    A = conv_net(6)
+    counter = CountForward(A)
+    dl = loader(48, 16, seed=3)
+    res = simtorch.compare(A, A, dl, layers_a=LAYERS_A, progress=False, metrics=("cka", "ii"))
+    assert counter.calls == 3
+    np.testing.assert_allclose(np.diag(res["cka"].matrix), 1.0, atol=1e-9)
+    np.testing.assert_allclose(np.diag(res["ii"].matrix), 2 / 16, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"metrics": ("cka", "mutual_info")}, ValueError, "unknown metric"),
+        ({"metrics": ()}, ValueError, "empty"),
+        ({"layers_a": None}, ValueError, "layers_a"),
+        ({"cka_kwargs": {"kernal": "rbf"}}, TypeError, "cka_kwargs"),
+        ({"ii_kwargs": {"subset_size": 1}}, ValueError, "subset_size"),
+    ],
+)
+def test_errors_name_the_bad_value(kwargs, exc, match):
+    args = dict(layers_a=LAYERS_A, layers_b=LAYERS_B, progress=False)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        simtorch.compare(conv_net(0), mlp(1), loader(16, 8), **args)
+
+
+def test_similarity_model_with_layers_is_ambiguous():
+    a = SimilarityModel(conv_net(0), "A", LAYERS_A)
+    with pytest.raises(ValueError, match="already a SimilarityModel"):
+        simtorch.compare(a, mlp(1), loader(16, 8), layers_a=["fc"], layers_b=LAYERS_B, progress=False)
+    with pytest.raises(TypeError, match="SimilarityModel or a torch.nn.Module"):
+        simtorch.compare(a, "mlp", loader(16, 8), progress=False)
+
+
+def test_torchvision_resnet_end_to_end():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    r18 = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    dl = DataLoader(TensorDataset(x, torch.zeros(16)), batch_size=8)
+    layers = ["conv1", "layer?.*", "fc"]
+    res = simtorch.compare(r18, r18, dl, layers_a=layers, progress=False)
+    names = res["cka"].layers_a
+    assert names[0] == "conv1" and names[-1] == "fc" and len(names) == 10
+    for key in ("cka", "dcka", "ii"):
+        assert res[key].matrix.shape == (10, 10) and np.isfinite(res[key].matrix).all()
+    np.testing.assert_allclose(np.diag(res["dcka"].matrix), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.diag(res["ii"].matrix), 2 / 8, atol=1e-12)
+    # the confounder explains the early layers more than the late ones
+    pve = res["dcka"].extras["pve_a"]
+    assert pve[0] > pve[-1]
