@@ -701,20 +701,11 @@ def compare_checkpoints(
         if sm_b.layer_names != b_names:  # the container keeps member order; guard the column mapping
             raise RuntimeError("internal error: checkpoint layers came out of order")
         m = make_metric()
-        if hasattr(m, "expected_samples"):  # lets a metric that buffers refuse early (as simtorch.compare does)
-            from .similarity.information_imbalance import dataset_size
-
-            m.expected_samples = dataset_size(loader)
-        try:
-            stream(
-                sm_a, sm_b, loader, [m], device, progress=progress, input_key=input_key, input_fn=input_fn,
-                keep_inputs=getattr(m, "needs_inputs", False),
-                desc=f"{getattr(m, 'name', 'metric')} checkpoints {c + 1}/{len(chunks)}", autocast=autocast,
-            )
-        finally:
-            release = getattr(m, "release", None)
-            if callable(release):
-                release()  # hooks a metric adds itself (feature taps) never outlive the pass
+        stream(
+            sm_a, sm_b, loader, [m], device, progress=progress, input_key=input_key, input_fn=input_fn,
+            keep_inputs=getattr(m, "needs_inputs", False),
+            desc=f"{getattr(m, 'name', 'metric')} checkpoints {c + 1}/{len(chunks)}", autocast=autocast,
+        )
         res: SimilarityResult = m.result()
         metric_name, settings = res.metric, dict(res.settings)
         this = {"n_samples": res.n_samples, "n_batches": res.n_batches, "n_skipped": res.n_skipped,

@@ -13,7 +13,7 @@ from .model import LayerSpec, SimilarityModel
 from .result import SimilarityResult
 from .similarity.cka import CKAMetric
 from .similarity.dcka import DeltaCKAMetric
-from .similarity.information_imbalance import InformationImbalanceMetric, dataset_size
+from .similarity.information_imbalance import InformationImbalanceMetric
 
 __all__ = ["compare", "METRICS"]
 
@@ -154,20 +154,10 @@ def compare(
         raise ValueError(f"autocast must be torch.bfloat16, torch.float16 or None, got {autocast!r}")
     built = _build(metrics, {CKAMetric: cka_kwargs or {}, DeltaCKAMetric: dcka_kwargs or {},
                              InformationImbalanceMetric: ii_kwargs or {}})
-    n_expected = dataset_size(loader)
-    for m in built.values():
-        if isinstance(m, InformationImbalanceMetric):
-            m.expected_samples = n_expected
-    try:
-        stream(
-            sm_a, sm_b, loader, list(built.values()), device,
-            progress=progress, input_key=input_key, input_fn=input_fn,
-            keep_inputs=any(getattr(m, "needs_inputs", False) for m in built.values()),
-            desc="compare", autocast=autocast,
-        )
-    finally:
-        for m in built.values():
-            release = getattr(m, "release", None)
-            if callable(release):
-                release()  # hooks some metrics add (feature taps) never outlive the pass
+    stream(
+        sm_a, sm_b, loader, list(built.values()), device,
+        progress=progress, input_key=input_key, input_fn=input_fn,
+        keep_inputs=any(getattr(m, "needs_inputs", False) for m in built.values()),
+        desc="compare", autocast=autocast,
+    )
     return {key: m.result() for key, m in built.items()}

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from .model import SimilarityModel, _batch_size, _GramSink, call_model
+from .model.sim_model import SimilarityModel, _batch_size, _GramSink, call_model
 
 __all__ = ["GramBatch", "Metric", "stream", "unpack_batch", "resolve_device"]
 
@@ -44,6 +44,9 @@ class GramBatch:
     energy_b: Tensor
     same: bool
     inputs: Any = None
+    #: per-layer ``(n, p)`` features, only when a metric set ``feature_transform``
+    features_a: list[Tensor] | None = None
+    features_b: list[Tensor] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def grams(self, side: str) -> Tensor:
@@ -75,6 +78,13 @@ class Metric(ABC):
     """A streaming metric: ``update`` once per batch with sums only, ``result`` at the end."""
 
     name: str = "metric"
+    #: ``fn((n, d) features) -> (n, p)``: set it (in :meth:`bind`) to receive each layer's
+    #: flattened, reduced features in ``GramBatch.features_*``, captured by the engine's own
+    #: hook next to the Gram (e.g. a random projection); None = Grams only, the default
+    feature_transform: Callable[[Tensor], Tensor] | None = None
+    #: samples the loader will yield, when known up front (set by :func:`stream` before
+    #: the first batch), so a metric that buffers can refuse early
+    expected_samples: int | None = None
 
     def bind(self, model_a: SimilarityModel, model_b: SimilarityModel, device: torch.device) -> None:
         """Called once before the first batch."""
@@ -111,6 +121,17 @@ class Metric(ABC):
     @property
     def n_batches_used(self) -> int:
         return getattr(self, "_n_used", 0)
+
+
+def dataset_size(loader: Any) -> int | None:
+    """Samples a loader will yield (this process's share under a sampler), if knowable."""
+    for source in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        if source is not None:
+            try:
+                return len(source)
+            except TypeError:
+                continue
+    return None
 
 
 def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
@@ -274,6 +295,11 @@ def stream(
     same = model_a is model_b
     for metric in metrics:
         metric.bind(model_a, model_b, device)
+        metric.expected_samples = dataset_size(loader)
+    transforms = {id(t): t for t in (m.feature_transform for m in metrics) if t is not None}
+    if len(transforms) > 1:
+        raise ValueError("several metrics of one pass ask for differently transformed features; run them separately")
+    feature_fn = next(iter(transforms.values()), None)
     # one forward pass per distinct module; several wrappers of it share that pass
     groups: dict[int, list[SimilarityModel]] = {}
     for sm in (model_a,) if same else (model_a, model_b):
@@ -301,21 +327,22 @@ def stream(
                     m = mask.to(where, non_blocking=True) if isinstance(mask, Tensor) else None
                     with ExitStack() as hooks:
                         for sm in members:
-                            sinks[id(sm)] = _GramSink(len(sm.layer_names), n, m)
+                            sinks[id(sm)] = _GramSink(len(sm.layer_names), n, m, feature_fn)
                             hooks.enter_context(sm.capturing(sinks[id(sm)]))
                         if autocast is not None:
                             hooks.enter_context(torch.autocast(device_type=where.type, dtype=autocast))
                         call_model(members[0].model, inputs)
                     for sm in members:
                         sm.check_sink(sinks[id(sm)])
-                ga, ea = _stack(sinks[id(model_a)], device)
-                gb, eb = (ga, ea) if same else _stack(sinks[id(model_b)], device)
+                ga, ea, fa = _stack(sinks[id(model_a)], device)
+                gb, eb, fb = (ga, ea, fa) if same else _stack(sinks[id(model_b)], device)
                 guard.add(index, model_a, ea)
                 if not same:
                     guard.add(index, model_b, eb)
                 gram_batch = GramBatch(
                     index=index, n=n, grams_a=ga, energy_a=ea, grams_b=gb, energy_b=eb, same=same,
                     inputs=_to_device(raw, device) if keep_inputs else None,
+                    features_a=fa, features_b=fb,
                 )
                 for metric in metrics:
                     metric.update(gram_batch)
@@ -347,10 +374,11 @@ def _global_count(n: int, device: torch.device) -> int:
     return int(t.item())
 
 
-def _stack(sink: _GramSink, device: torch.device) -> tuple[Tensor, Tensor]:
+def _stack(sink: _GramSink, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor] | None]:
     grams = torch.stack([g for g in sink.grams])  # type: ignore[misc]
     energy = torch.stack([e for e in sink.energy])  # type: ignore[misc]
-    return grams.to(device, non_blocking=True), energy.to(device, non_blocking=True)
+    feats = None if sink.feature_fn is None else [f.to(device, non_blocking=True) for f in sink.features]  # type: ignore[union-attr]
+    return grams.to(device, non_blocking=True), energy.to(device, non_blocking=True), feats
 
 
 def warn_skipped(metric_name: str, skipped: int, skipped_samples: int, min_n: int, reason: str) -> None:

@@ -4,8 +4,6 @@
 from .sim_model import (
     LayerSpec,
     SimilarityModel,
-    _batch_size,
-    _GramSink,
     call_model,
     first_tensor,
     glob_to_regex,

@@ -345,6 +345,8 @@ class SimilarityModel:
             # under autocast the Gram must still be a float32 product, not a bf16/fp16 one
             with torch.autocast(device_type=t.device.type, enabled=False):
                 g, e = F.linear_gram(t.detach())
+                if sink.feature_fn is not None:
+                    sink.features[i] = sink.feature_fn(F.flatten_samples(t.detach()))
             sink.grams[i] = g
             sink.energy[i] = e
 
@@ -393,12 +395,16 @@ class SimilarityModel:
 class _GramSink:
     """Per-forward-pass storage the hooks of one SimilarityModel write into."""
 
-    def __init__(self, n_layers: int, n: int, mask: Tensor | None = None) -> None:
+    def __init__(
+        self, n_layers: int, n: int, mask: Tensor | None = None, feature_fn: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
         self.n = n
         self.mask = mask
+        self.feature_fn = feature_fn
         self.calls = [0] * n_layers
         self.grams: list[Tensor | None] = [None] * n_layers
         self.energy: list[Tensor | None] = [None] * n_layers
+        self.features: list[Tensor | None] = [None] * n_layers
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:

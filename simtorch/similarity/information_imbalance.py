@@ -5,8 +5,8 @@ B's neighbourhoods: about 2/n when they agree, about 1 when A says nothing about
 distances come from the Gram matrices the engine already has, so by default each batch is
 one subset and no activation is kept. ``subset_size`` and ``exact`` pool samples across
 batches; for those, the features themselves are needed (a Gram of the union of batches is
-not a function of the per-batch Grams), so this module taps the chosen layers' outputs
-with its own forward hooks while the computation runs.
+not a function of the per-batch Grams), so the metric asks the engine for each layer's
+(optionally randomly projected) features next to its Gram.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .. import functional as F
 from ..engine import GramBatch, Metric, warn_skipped
-from ..model import SimilarityModel, _batch_size
+from ..model import SimilarityModel
 from ..result import SimilarityResult
 from .accumulate import to_numpy
 from .base import BaseSimilarity
@@ -33,88 +33,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = ["InformationImbalance", "InformationImbalanceMetric", "plot_information_plane"]
-
-
-# ---------------------------------------------------------------------- feature tap
-
-
-class _FeatureTap:
-    """Forward hooks that keep each selected layer's output, reduced exactly as the engine
-    reduces it (``SimilarityModel._reduce``), flattened and optionally randomly projected,
-    for one forward pass at a time.
-
-    The hooks are registered before the engine's own hooks, so they run first; a module
-    that runs more than once without a ``call_index`` is left to the engine's hook to
-    report.
-    """
-
-    def __init__(self, sm: SimilarityModel, project: "_Projector") -> None:
-        self.sm = sm
-        self.project = project
-        self.handles: list[Any] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        size = len(self.sm.layer_names)
-        self.slots: list[Any] = [None] * size
-        self.calls = [0] * size
-        self.n: int | None = None
-        self.mask: Tensor | None = None
-
-    def attach(self) -> None:
-        self.handles.append(self.sm.model.register_forward_pre_hook(self._pre, with_kwargs=True))
-        for i, name in enumerate(self.sm.layer_names):
-            self.handles.append(self.sm._modules[name].register_forward_hook(self._make_hook(i, name)))
-
-    def detach(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        self._reset()
-
-    def _pre(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        self._reset()
-        mask = kwargs.get("attention_mask") if kwargs else None
-        self.mask = mask if isinstance(mask, Tensor) else None
-        try:
-            self.n = _batch_size(args if args else kwargs)
-        except TypeError:
-            self.n = None  # fall back to each output's leading dimension
-
-    def _make_hook(self, i: int, name: str) -> Any:
-        want = self.sm._call_index[name]
-
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            call = self.calls[i]
-            self.calls[i] += 1
-            # None: keep the first call (the engine's hook reports a second one); k ≥ 0: call k
-            if (want is None and call > 0) or (want is not None and want >= 0 and call != want):
-                return
-            n = self.n
-            if n is None:
-                first = output if isinstance(output, Tensor) else None
-                n = int(first.shape[0]) if first is not None and first.dim() > 0 else 0
-            t = self.sm._reduce(name, output, n, self.mask)
-            with torch.autocast(device_type=t.device.type, enabled=False):
-                x = self.project(F.flatten_samples(t.detach()))
-            self.slots[i] = x  # call_index -1 (the last call): each later call overwrites
-
-        return hook
-
-    def take(self) -> list[Tensor]:
-        """The features of the last forward pass, one ``(n, p)`` tensor per layer."""
-        out = []
-        for i, name in enumerate(self.sm.layer_names):
-            slot = self.slots[i]
-            if slot is None:
-                raise RuntimeError(
-                    f"Information Imbalance: no features were captured for {self.sm.model_name} layer {name!r}; "
-                    "the metric's hooks are attached in bind() and removed by release()/result(): do not "
-                    "reuse a released InformationImbalanceMetric"
-                )
-            out.append(slot)
-        self._reset()
-        return out
 
 
 class _Projector:
@@ -165,17 +83,6 @@ def _gib(b: float) -> str:
     return f"{b / 2**30:.2f} GiB"
 
 
-def dataset_size(loader: Any) -> int | None:
-    """Number of samples a loader will yield, when it can be known up front."""
-    ds = getattr(loader, "dataset", None)
-    if ds is not None:
-        try:
-            return len(ds)
-        except TypeError:
-            return None
-    return None
-
-
 # ---------------------------------------------------------------------- metric
 
 
@@ -224,10 +131,6 @@ class InformationImbalanceMetric(Metric):
         self.seed = int(seed)
         self.memory_limit = memory_limit
         self.needs_features = self.exact or subset_size is not None
-        #: samples the loader will yield, if known (set by the caller before streaming);
-        #: lets ``exact=True`` refuse before buffering anything
-        self.expected_samples: int | None = None
-        self._taps: list[_FeatureTap] = []
 
     def settings(self) -> dict[str, Any]:
         return {"subset_size": self.subset_size, "projection_dim": self.projection_dim,
@@ -251,7 +154,7 @@ class InformationImbalanceMetric(Metric):
         self._buf_b: list[list[Tensor]] = [[] for _ in range(lb)]
         self._buffered = 0
         self._bytes_per_sample: int | None = None
-        self.release()
+        self.feature_transform = None
         if self.needs_features:
             import torch.distributed as dist
 
@@ -260,19 +163,7 @@ class InformationImbalanceMetric(Metric):
                     "Information Imbalance with subset_size/exact buffers features per process and cannot be "
                     "all-reduced; run it on one process or use the per-batch default"
                 )
-            project = _Projector(self.projection_dim, self.seed)
-            self._taps = [_FeatureTap(model_a, project)]
-            if model_b is not model_a:
-                self._taps.append(_FeatureTap(model_b, project))
-            for tap in self._taps:
-                tap.attach()
-
-    def release(self) -> None:
-        """Remove the feature hooks (idempotent). Called by :meth:`result`, and by the
-        callers of ``stream`` in ``finally`` so an interrupted run leaves the model clean."""
-        for tap in self._taps:
-            tap.detach()
-        self._taps = []
+            self.feature_transform = _Projector(self.projection_dim, self.seed)
 
     # ------------------------------------------------------------------ per batch
     def update(self, batch: GramBatch) -> None:
@@ -314,15 +205,10 @@ class InformationImbalanceMetric(Metric):
 
     # ------------------------------------------------------------------ buffered features
     def _update_features(self, batch: GramBatch) -> None:
-        if not self._taps:
-            raise RuntimeError(
-                "Information Imbalance with subset_size/exact needs its feature hooks: they are attached by "
-                "bind() and were already removed (release()/result() was called)"
-            )
-        feats_a = self._taps[0].take()
-        feats_b = feats_a if batch.same else self._taps[-1].take()
-        feats_a = [f.to(self.device, non_blocking=True) for f in feats_a]
-        feats_b = feats_a if batch.same else [f.to(self.device, non_blocking=True) for f in feats_b]
+        if batch.features_a is None:
+            raise RuntimeError("Information Imbalance with subset_size/exact got no features from the engine")
+        feats_a = batch.features_a
+        feats_b = feats_a if batch.same else batch.features_b
         if self._bytes_per_sample is None:
             per = sum(f.shape[1] * f.element_size() for f in feats_a)
             if not batch.same:
@@ -406,7 +292,6 @@ class InformationImbalanceMetric(Metric):
 
     # ------------------------------------------------------------------ result
     def _finish_buffer(self) -> None:
-        self.release()
         if not self.needs_features or self._buffered == 0:
             return
         k = self._buffered
@@ -560,23 +445,9 @@ class InformationImbalance(BaseSimilarity):
         self._options = dict(subset_size=subset_size, projection_dim=projection_dim, exact=exact, seed=seed,
                              memory_limit=memory_limit)
         InformationImbalanceMetric(**self._options)  # validate now, not at compute()
-        self._metric: InformationImbalanceMetric | None = None
-        self._expected: int | None = None
 
     def _make_metric(self) -> InformationImbalanceMetric:
-        self._metric = InformationImbalanceMetric(**self._options)
-        self._metric.expected_samples = self._expected
-        return self._metric
-
-    def compute(self, dataloader: Iterable) -> np.ndarray:
-        """Stream ``dataloader`` once and return the ``(L1, L2)`` grid of Δ(A_i → B_j)."""
-        self._expected = dataset_size(dataloader)
-        try:
-            return super().compute(dataloader)
-        finally:
-            if self._metric is not None:
-                self._metric.release()  # the feature hooks never outlive the computation
-                self._metric = None
+        return InformationImbalanceMetric(**self._options)
 
     def plot_similarity(self, title: str | None = None, *args: Any, direction: str = "forward",
                         **kwargs: Any) -> "Axes":
