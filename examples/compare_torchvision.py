@@ -24,6 +24,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from simtorch import CKA, SimilarityModel
+from simtorch.checkpoints import load_checkpoint
 from simtorch.data import make_dataset
 
 RESNET_LAYERS = ["conv1", "maxpool", "layer?.*", "avgpool", "fc"]  # every residual block
@@ -34,11 +35,8 @@ def build(arch: str, weights: str | None, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     if weights is None:
         return torchvision.models.get_model(arch, weights=None)
-    if Path(weights).is_file():
-        model = torchvision.models.get_model(arch, weights=None)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state))
-        return model
+    if Path(weights).is_file():  # weights_only loading, every key checked
+        return load_checkpoint(torchvision.models.get_model(arch, weights=None), weights)
     return torchvision.models.get_model(arch, weights=weights)
 
 
