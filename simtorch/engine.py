@@ -22,7 +22,30 @@ from torch import Tensor
 from . import functional as F
 from .model.sim_model import SimilarityModel, _batch_size, _GramSink, call_model
 
-__all__ = ["GramBatch", "Metric", "stream", "unpack_batch", "resolve_device"]
+__all__ = ["GramBatch", "Metric", "Workspace", "stream", "unpack_batch", "resolve_device"]
+
+
+class Workspace:
+    """Buffers reused from batch to batch.
+
+    The per-batch temporaries are large (a layer's centred activation, float64 stacks of
+    ``L × n × n``) and freshly allocated ones are returned to the OS when freed, so every
+    batch would pay page faults on megabytes of memory: measured here, as much as the
+    arithmetic itself. Tensors handed out are valid until the same key is asked for again.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, Tensor] = {}
+
+    def get(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        numel = 1
+        for s in shape:
+            numel *= s
+        k = (key, dtype, device)
+        buf = self._bufs.get(k)
+        if buf is None or buf.numel() < numel:
+            buf = self._bufs[k] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
 
 
 @dataclass
@@ -44,6 +67,9 @@ class GramBatch:
     energy_b: Tensor
     same: bool
     inputs: Any = None
+    #: buffers that outlive the batch; tensors from :meth:`kernel`/:meth:`centered` may live
+    #: in it, so metrics must not keep them beyond ``update``
+    workspace: Workspace | None = None
     #: per-layer ``(n, p)`` features, only when a metric set ``feature_transform``
     features_a: list[Tensor] | None = None
     features_b: list[Tensor] | None = None
@@ -62,15 +88,27 @@ class GramBatch:
             self._cache[key] = fn()
         return self._cache[key]
 
+    def _buffer(self, key: tuple, like: Tensor) -> Tensor | None:
+        if self.workspace is None:
+            return None
+        return self.workspace.get(key, tuple(like.shape), torch.float64, like.device)
+
     def kernel(self, side: str, kernel: str, sigma_frac: float = 1.0) -> Tensor:
         """Float64 kernel stack ``(L, n, n)`` of one side."""
-        return self.cached(("kernel", side, kernel, sigma_frac), lambda: F.kernel_stack(self.grams(side), kernel, sigma_frac))
+        side = "a" if self.same else side
+        return self.cached(
+            ("kernel", side, kernel, sigma_frac),
+            lambda: F.kernel_stack(self.grams(side), kernel, sigma_frac,
+                                   out=self._buffer(("kernel", side), self.grams(side)) if kernel == "linear" else None),
+        )
 
     def centered(self, side: str, kernel: str, sigma_frac: float, unbiased: bool) -> Tensor:
         """Flattened centred (``HKH``) or U-centred kernel stack ``(L, n²)``, float64."""
+        side = "a" if self.same else side
         return self.cached(
             ("centered", side, kernel, sigma_frac, unbiased),
-            lambda: F.centered_flat(self.kernel(side, kernel, sigma_frac), unbiased),
+            lambda: F.centered_flat(self.kernel(side, kernel, sigma_frac), unbiased,
+                                    out=self._buffer(("centered", side, kernel, sigma_frac, unbiased), self.grams(side))),
         )
 
 
@@ -312,6 +350,7 @@ def stream(
         iterator = tqdm(loader, desc=desc or "simtorch", unit="batch", leave=False)
 
     guard = _FiniteGuard(device)
+    workspace = Workspace()
     placement = _Placement((model_a, model_b), run_device)
     n_batches = 0
     try:
@@ -327,7 +366,7 @@ def stream(
                     m = mask.to(where, non_blocking=True) if isinstance(mask, Tensor) else None
                     with ExitStack() as hooks:
                         for sm in members:
-                            sinks[id(sm)] = _GramSink(len(sm.layer_names), n, m, feature_fn)
+                            sinks[id(sm)] = _GramSink(len(sm.layer_names), n, m, feature_fn, workspace)
                             hooks.enter_context(sm.capturing(sinks[id(sm)]))
                         if autocast is not None:
                             hooks.enter_context(torch.autocast(device_type=where.type, dtype=autocast))
@@ -342,7 +381,7 @@ def stream(
                 gram_batch = GramBatch(
                     index=index, n=n, grams_a=ga, energy_a=ea, grams_b=gb, energy_b=eb, same=same,
                     inputs=_to_device(raw, device) if keep_inputs else None,
-                    features_a=fa, features_b=fb,
+                    features_a=fa, features_b=fb, workspace=workspace,
                 )
                 for metric in metrics:
                     metric.update(gram_batch)

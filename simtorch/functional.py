@@ -90,7 +90,7 @@ def center_columns(x: Tensor) -> Tensor:
     return x - x.mean(dim=0, keepdim=True)
 
 
-def linear_gram(x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+def linear_gram(x: Tensor, dtype: torch.dtype | None = None, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Gram matrix of column-centred features, and the raw energy of the features.
 
     Parameters
@@ -100,6 +100,10 @@ def linear_gram(x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Te
     dtype : torch.dtype, optional
         Compute type. Defaults to float32 for half/bfloat16 inputs and to ``x.dtype``
         otherwise (float32 is enough once the features are centred, DESIGN §4).
+    scratch : Tensor, optional
+        A 1-D buffer of that dtype and device with at least ``n·d`` elements to hold the
+        centred copy (the streaming engine reuses one across layers and batches: a fresh
+        multi-MB allocation per layer costs page faults comparable to the product itself).
 
     Returns
     -------
@@ -116,7 +120,10 @@ def linear_gram(x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Te
             dtype = torch.float32
     x = x.to(dtype)
     mu = x.mean(dim=0, keepdim=True)
-    xc = x - mu
+    if scratch is not None and scratch.dtype == dtype and scratch.device == x.device and scratch.numel() >= x.numel():
+        xc = torch.sub(x, mu, out=scratch[: x.numel()].view(x.shape))
+    else:
+        xc = x - mu
     gram = xc @ xc.T
     energy = gram.diagonal().sum() + x.shape[0] * (mu * mu).sum()
     return gram, energy
@@ -168,41 +175,48 @@ def rbf_gram(gram: Tensor, sigma_frac: float = 1.0) -> Tensor:
     return torch.where(sigma2 > 0, k, (d == 0).to(k.dtype))
 
 
-def kernel_stack(gram: Tensor, kernel: Kernel = "linear", sigma_frac: float = 1.0) -> Tensor:
-    """Kernel matrices (float64) from linear Grams of centred features."""
+def kernel_stack(gram: Tensor, kernel: Kernel = "linear", sigma_frac: float = 1.0, out: Tensor | None = None) -> Tensor:
+    """Kernel matrices (float64) from linear Grams of centred features (``out``: an
+    optional float64 buffer of the same shape for the linear kernel)."""
     if kernel == "linear":
-        return gram.to(torch.float64)
+        return out.copy_(gram) if out is not None else gram.to(torch.float64)
     if kernel == "rbf":
         return rbf_gram(gram, sigma_frac)
     raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
 
 
-def center_gram(k: Tensor) -> Tensor:
-    """Double centring ``H K H`` with ``H = I − 11ᵀ/n`` (batched over leading dims)."""
+def center_gram(k: Tensor, out: Tensor | None = None) -> Tensor:
+    """Double centring ``H K H`` with ``H = I − 11ᵀ/n`` (batched over leading dims).
+    ``out`` (same shape and dtype, may be ``k`` itself) receives the result."""
     row = k.mean(dim=-1, keepdim=True)
     col = k.mean(dim=-2, keepdim=True)
-    total = k.mean(dim=(-2, -1), keepdim=True)
-    return k - row - col + total
+    total = row.mean(dim=-2, keepdim=True)
+    # one (…, n, n) result updated in place: these stacks are large and sit on the
+    # per-batch path of every layer grid
+    return torch.sub(k, row, out=out).sub_(col).add_(total) if out is not None else (k - row).sub_(col).add_(total)
 
 
-def u_center_gram(k: Tensor) -> Tensor:
+def u_center_gram(k: Tensor, out: Tensor | None = None) -> Tensor:
     """U-centring (Székely & Rizzo 2014), the unbiased counterpart of ``H K H``.
 
     With ``K̃`` the kernel with zeroed diagonal, ``rᵢ = Σⱼ K̃ᵢⱼ`` and ``t = Σᵢⱼ K̃ᵢⱼ``:
     ``Uᵢⱼ = K̃ᵢⱼ − (rᵢ + rⱼ)/(n−2) + t/((n−1)(n−2))`` off the diagonal and 0 on it. Then
     ``⟨U(K), U(L)⟩_F / (n(n−3))`` is exactly HSIC₁ of Song et al. (2012), so the
     unbiased all-pairs grid is one matrix product of flattened U-centred stacks.
-    Requires ``n ≥ 4``.
+    Requires ``n ≥ 4``. ``out`` (same shape and dtype, may be ``k`` itself) receives the
+    result.
     """
     n = k.shape[-1]
     if n < 4:
         raise ValueError(f"unbiased HSIC needs at least 4 samples, got n={n}")
-    eye = torch.eye(n, dtype=torch.bool, device=k.device)
-    kt = k.masked_fill(eye, 0)
-    r = kt.sum(dim=-1, keepdim=True)
+    u = k.clone() if out is None else (out if out is k else out.copy_(k))
+    u.diagonal(dim1=-2, dim2=-1).zero_()
+    r = u.sum(dim=-1, keepdim=True)
     t = r.sum(dim=-2, keepdim=True)
-    u = kt - (r + r.transpose(-2, -1)) / (n - 2) + t / ((n - 1) * (n - 2))
-    return u.masked_fill(eye, 0)
+    # in place on the one copy (as in center_gram)
+    u.sub_(r / (n - 2)).sub_(r.transpose(-2, -1) / (n - 2)).add_(t / ((n - 1) * (n - 2)))
+    u.diagonal(dim1=-2, dim2=-1).zero_()
+    return u
 
 
 def hsic_factor(n: int, unbiased: bool) -> float:
@@ -216,9 +230,9 @@ def hsic_factor(n: int, unbiased: bool) -> float:
     return 1.0 / ((n - 1) ** 2)
 
 
-def centered_flat(k: Tensor, unbiased: bool) -> Tensor:
+def centered_flat(k: Tensor, unbiased: bool, out: Tensor | None = None) -> Tensor:
     """Centre (``H K H`` or U-centring) a float64 stack and flatten to ``(L, n²)``."""
-    c = u_center_gram(k) if unbiased else center_gram(k)
+    c = u_center_gram(k, out) if unbiased else center_gram(k, out)
     return c.reshape(*c.shape[:-2], -1)
 
 

@@ -344,7 +344,7 @@ class SimilarityModel:
             t = self._reduce(name, output, sink.n, sink.mask)
             # under autocast the Gram must still be a float32 product, not a bf16/fp16 one
             with torch.autocast(device_type=t.device.type, enabled=False):
-                g, e = F.linear_gram(t.detach())
+                g, e = F.linear_gram(t.detach(), scratch=sink.scratch(t))
                 if sink.feature_fn is not None:
                     sink.features[i] = sink.feature_fn(F.flatten_samples(t.detach()))
             sink.grams[i] = g
@@ -396,15 +396,30 @@ class _GramSink:
     """Per-forward-pass storage the hooks of one SimilarityModel write into."""
 
     def __init__(
-        self, n_layers: int, n: int, mask: Tensor | None = None, feature_fn: Callable[[Tensor], Tensor] | None = None
+        self,
+        n_layers: int,
+        n: int,
+        mask: Tensor | None = None,
+        feature_fn: Callable[[Tensor], Tensor] | None = None,
+        workspace: Any = None,
     ) -> None:
         self.n = n
+        self.workspace = workspace
         self.mask = mask
         self.feature_fn = feature_fn
         self.calls = [0] * n_layers
         self.grams: list[Tensor | None] = [None] * n_layers
         self.energy: list[Tensor | None] = [None] * n_layers
         self.features: list[Tensor | None] = [None] * n_layers
+
+    def scratch(self, t: Tensor) -> Tensor | None:
+        """A reusable buffer for the centred copy of ``t`` (one per dtype and device: the
+        hooks of one forward pass run one after another, DataParallel replicas on
+        different devices)."""
+        if self.workspace is None:
+            return None
+        dtype = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) or not t.dtype.is_floating_point else t.dtype
+        return self.workspace.get(("activation",), (t.numel(),), dtype, t.device)
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
