@@ -160,6 +160,24 @@ class Metric(ABC):
     def n_batches_used(self) -> int:
         return getattr(self, "_n_used", 0)
 
+    def make_result(self, matrix: Tensor, stderr: Tensor, extras: dict | None = None, **overrides: Any) -> Any:
+        """A :class:`~simtorch.result.SimilarityResult` of this metric's grid with the models'
+        names, layer names, settings and sample/batch counters filled in."""
+        from .result import SimilarityResult
+        from .similarity.accumulate import to_numpy
+
+        fields: dict[str, Any] = dict(
+            matrix=to_numpy(matrix), stderr=to_numpy(stderr),
+            layers_a=list(self.model_a.layer_names), layers_b=list(self.model_b.layer_names),
+            model_a=self.model_a.model_name, model_b=self.model_b.model_name,
+            metric=self.name, settings=self.settings() if hasattr(self, "settings") else {},
+            n_samples=getattr(self, "n_samples", 0), n_batches=self.n_batches_used,
+            n_skipped=getattr(self, "skipped", 0), skipped_samples=getattr(self, "skipped_samples", 0),
+            extras=extras or {},
+        )
+        fields.update(overrides)
+        return SimilarityResult(**fields)
+
 
 def dataset_size(loader: Any) -> int | None:
     """Samples a loader will yield (this process's share under a sampler), if knowable."""

@@ -11,10 +11,10 @@ from .. import functional as F
 from ..engine import GramBatch, Metric, warn_skipped
 from ..model import SimilarityModel
 from ..result import SimilarityResult
-from .accumulate import GroupedSums, jackknife, to_numpy
+from .accumulate import GroupedSums, jackknife
 from .base import BaseSimilarity
 
-__all__ = ["CKA", "CKAMetric", "warn_degenerate"]
+__all__ = ["CKA", "CKAMetric", "HSICMetric", "warn_degenerate"]
 
 
 def warn_degenerate(metric: str, model: SimilarityModel, self_terms: Tensor, scale: Tensor, unbiased: bool) -> None:
@@ -37,7 +37,64 @@ def warn_degenerate(metric: str, model: SimilarityModel, self_terms: Tensor, sca
         )
 
 
-class CKAMetric(Metric):
+class HSICMetric(Metric):
+    """Shared skeleton of the metrics built from grouped HSIC sums (CKA, dCKA): batches too
+    small for the estimator are skipped and counted, the estimate is a function of the
+    totals, and its standard error the delete-one-group jackknife of that function."""
+
+    def __init__(self, unbiased: bool, max_groups: int = 64) -> None:
+        self.unbiased = bool(unbiased)
+        self.max_groups = max_groups
+        self.min_n = 4 if self.unbiased else 2
+
+    def bind(self, model_a: SimilarityModel, model_b: SimilarityModel, device: torch.device) -> None:
+        super().bind(model_a, model_b, device)
+        self.sums = GroupedSums(self.sum_shapes(model_a.n_layers, model_b.n_layers), device, self.max_groups)
+        self.n_samples = self.skipped = self.skipped_samples = self._n_used = 0
+
+    def sum_shapes(self, la: int, lb: int) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def estimate(self, t: dict[str, Tensor]) -> Tensor:
+        """The grid from (totals of) the sums; broadcasts over a leading group dimension."""
+        raise NotImplementedError
+
+    def skip(self, batch: GramBatch) -> bool:
+        """Count and skip a batch too small for the estimator."""
+        if batch.n >= self.min_n:
+            return False
+        self.skipped += 1
+        self.skipped_samples += batch.n
+        return True
+
+    def add(self, n: int, **terms: Tensor) -> None:
+        self.sums.add(**terms)
+        self.n_samples += n
+        self._n_used += 1
+
+    def warn(self, t: dict[str, Tensor]) -> None:
+        """Warn, naming the layers, about rows/columns that come out NaN."""
+        warn_degenerate(self.name, self.model_a, t["self_a"], t["scale_a"], self.unbiased)
+        if self.model_b is not self.model_a:
+            warn_degenerate(self.name, self.model_b, t["self_b"], t["scale_b"], self.unbiased)
+
+    def extras(self, t: dict[str, Tensor]) -> dict[str, Any]:
+        return self.sums.extras()
+
+    def result(self) -> SimilarityResult:
+        warn_skipped(self.name, self.skipped, self.skipped_samples, self.min_n,
+                     "unbiased HSIC needs n ≥ 4" if self.unbiased else "HSIC needs n ≥ 2")
+        if self._n_used == 0:
+            raise ValueError(f"{self.name}: no batch had at least {self.min_n} samples; nothing was computed")
+        t = self.sums.totals()
+        self.warn(t)
+        return self.make_result(self.estimate(t), jackknife(self.estimate, self.sums), self.extras(t))
+
+    def state_tensors(self) -> list[Tensor]:
+        return self.sums.state_tensors()
+
+
+class CKAMetric(HSICMetric):
     """Minibatch CKA accumulator: per-batch HSIC terms summed in float64, ratio at the end.
 
     Each batch contributes ``HSIC(K_i, L_j)`` for every layer pair (one matrix product of
@@ -52,21 +109,14 @@ class CKAMetric(Metric):
             raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
         if sigma_frac <= 0:
             raise ValueError(f"sigma_frac must be > 0, got {sigma_frac}")
-        self.kernel, self.unbiased, self.sigma_frac = kernel, bool(unbiased), float(sigma_frac)
-        self.max_groups = max_groups
-        self.min_n = 4 if self.unbiased else 2
+        super().__init__(unbiased, max_groups)
+        self.kernel, self.sigma_frac = kernel, float(sigma_frac)
 
     def settings(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "unbiased": self.unbiased, "sigma_frac": self.sigma_frac}
 
-    def bind(self, model_a: SimilarityModel, model_b: SimilarityModel, device: torch.device) -> None:
-        super().bind(model_a, model_b, device)
-        la, lb = model_a.n_layers, model_b.n_layers
-        self.sums = GroupedSums(
-            {"cross": (la, lb), "self_a": (la,), "self_b": (lb,), "scale_a": (la,), "scale_b": (lb,)},
-            device, self.max_groups,
-        )
-        self.n_samples = self.skipped = self.skipped_samples = self._n_used = 0
+    def sum_shapes(self, la: int, lb: int) -> dict[str, tuple[int, ...]]:
+        return {"cross": (la, lb), "self_a": (la,), "self_b": (lb,), "scale_a": (la,), "scale_b": (lb,)}
 
     def _side(self, batch: GramBatch, side: str, factor: float) -> tuple[Tensor, Tensor, Tensor]:
         flat = batch.centered(side, self.kernel, self.sigma_frac, self.unbiased)
@@ -75,43 +125,15 @@ class CKAMetric(Metric):
         return flat, (flat * flat).sum(-1) * factor, scale
 
     def update(self, batch: GramBatch) -> None:
-        if batch.n < self.min_n:
-            self.skipped += 1
-            self.skipped_samples += batch.n
+        if self.skip(batch):
             return
         c = F.hsic_factor(batch.n, self.unbiased)
         fa, self_a, scale_a = self._side(batch, "a", c)
         fb, self_b, scale_b = (fa, self_a, scale_a) if batch.same else self._side(batch, "b", c)
-        self.sums.add(cross=(fa @ fb.T) * c, self_a=self_a, self_b=self_b, scale_a=scale_a, scale_b=scale_b)
-        self.n_samples += batch.n
-        self._n_used += 1
+        self.add(batch.n, cross=(fa @ fb.T) * c, self_a=self_a, self_b=self_b, scale_a=scale_a, scale_b=scale_b)
 
-    @staticmethod
-    def estimate(t: dict[str, Tensor]) -> Tensor:
+    def estimate(self, t: dict[str, Tensor]) -> Tensor:
         return F.cka_from_hsic(t["cross"], t["self_a"], t["self_b"], t["scale_a"], t["scale_b"])
-
-    def result(self) -> SimilarityResult:
-        warn_skipped(self.name, self.skipped, self.skipped_samples, self.min_n,
-                     "unbiased HSIC needs n ≥ 4" if self.unbiased else "HSIC needs n ≥ 2")
-        if self._n_used == 0:
-            raise ValueError(f"{self.name}: no batch had at least {self.min_n} samples; nothing was computed")
-        t = self.sums.totals()
-        warn_degenerate(self.name, self.model_a, t["self_a"], t["scale_a"], self.unbiased)
-        if self.model_b is not self.model_a:
-            warn_degenerate(self.name, self.model_b, t["self_b"], t["scale_b"], self.unbiased)
-        return SimilarityResult(
-            matrix=to_numpy(self.estimate(t)),
-            stderr=to_numpy(jackknife(self.estimate, self.sums)),
-            layers_a=list(self.model_a.layer_names), layers_b=list(self.model_b.layer_names),
-            model_a=self.model_a.model_name, model_b=self.model_b.model_name,
-            metric=self.name, settings=self.settings(),
-            n_samples=self.n_samples, n_batches=self._n_used,
-            n_skipped=self.skipped, skipped_samples=self.skipped_samples,
-            extras=self.sums.extras(),
-        )
-
-    def state_tensors(self) -> list[Tensor]:
-        return self.sums.state_tensors()
 
 
 class CKA(BaseSimilarity):

@@ -17,12 +17,11 @@ import torch
 from torch import Tensor
 
 from .. import functional as F
-from ..engine import GramBatch, Metric, warn_skipped
+from ..engine import GramBatch
 from ..model import SimilarityModel
-from ..result import SimilarityResult
-from .accumulate import GroupedSums, jackknife, to_numpy
+from .accumulate import to_numpy
 from .base import BaseSimilarity
-from .cka import warn_degenerate
+from .cka import HSICMetric
 
 __all__ = ["DeltaCKA", "DeltaCKAMetric", "default_confounder"]
 
@@ -44,7 +43,7 @@ def default_confounder(inputs: Any) -> Tensor:
     )
 
 
-class DeltaCKAMetric(Metric):
+class DeltaCKAMetric(HSICMetric):
     """Streaming dCKA accumulator (grouped float64 HSIC sums, closed form at the end).
 
     Per batch it sums, each with the batch's HSIC normaliser: ``HSIC(K_i, L_j)`` for every
@@ -68,11 +67,9 @@ class DeltaCKAMetric(Metric):
             raise TypeError(
                 f"confounder_fn must be a callable inputs -> (n, p) tensor, got {type(confounder_fn).__name__}"
             )
-        self.unbiased = bool(unbiased)
+        super().__init__(unbiased, max_groups)
         self.remove_negative_eig = bool(remove_negative_eig)
         self.confounder_fn = confounder_fn
-        self.max_groups = max_groups
-        self.min_n = 4 if self.unbiased else 2
 
     def settings(self) -> dict[str, Any]:
         fn = self.confounder_fn
@@ -82,17 +79,14 @@ class DeltaCKAMetric(Metric):
             "confounder": "inputs" if fn is None else getattr(fn, "__qualname__", repr(fn)),
         }
 
-    def bind(self, model_a: SimilarityModel, model_b: SimilarityModel, device: torch.device) -> None:
-        super().bind(model_a, model_b, device)
-        la, lb = model_a.n_layers, model_b.n_layers
+    def sum_shapes(self, la: int, lb: int) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {
             "cross": (la, lb), "self_a": (la,), "self_b": (lb,), "conf_a": (la,), "conf_b": (lb,),
             "conf_self": (), "scale_a": (la,), "scale_b": (lb,), "scale_0": (),
         }
         if self.remove_negative_eig:
             shapes.update(res_a=(la,), res_b=(lb,))
-        self.sums = GroupedSums(shapes, device, self.max_groups)
-        self.n_samples = self.skipped = self.skipped_samples = self._n_used = 0
+        return shapes
 
     # ------------------------------------------------------------------ confounder
     def _confounder_gram(self, batch: GramBatch) -> tuple[Tensor, Tensor]:
@@ -119,9 +113,7 @@ class DeltaCKAMetric(Metric):
         return batch.cached(("confounder", id(self.confounder_fn)), make)  # type: ignore[return-value]
 
     def update(self, batch: GramBatch) -> None:
-        if batch.n < self.min_n:
-            self.skipped += 1
-            self.skipped_samples += batch.n
+        if self.skip(batch):
             return
         g0, e0 = self._confounder_gram(batch)
         f0 = batch.cached(
@@ -146,15 +138,13 @@ class DeltaCKAMetric(Metric):
             F.kernel_scale(g0, e0, "linear"),
             self.unbiased, self.remove_negative_eig, fa=fa, fb=fb, f0=f0, same=batch.same,
         )
-        self.sums.add(**terms)
-        self.n_samples += batch.n
-        self._n_used += 1
+        self.add(batch.n, **terms)
 
     # ------------------------------------------------------------------ result
     def estimate(self, t: Mapping[str, Tensor]) -> Tensor:
         return F.dcka_from_terms(dict(t), self.remove_negative_eig)
 
-    def _warn(self, t: dict[str, Tensor]) -> None:
+    def warn(self, t: dict[str, Tensor]) -> None:
         if bool(F.degenerate_mask(t["conf_self"], t["scale_0"])):
             warnings.warn(
                 "dCKA: the confounder has no variance (constant inputs or confounder_fn output); there is "
@@ -162,9 +152,7 @@ class DeltaCKAMetric(Metric):
                 UserWarning,
                 stacklevel=3,
             )
-        warn_degenerate(self.name, self.model_a, t["self_a"], t["scale_a"], self.unbiased)
-        if self.model_b is not self.model_a:
-            warn_degenerate(self.name, self.model_b, t["self_b"], t["scale_b"], self.unbiased)
+        super().warn(t)
         _, _, expl_a, expl_b = F.dcka_masks(t, self.remove_negative_eig)
         sides = [(self.model_a, expl_a)] + ([] if self.model_b is self.model_a else [(self.model_b, expl_b)])
         for model, expl in sides:
@@ -178,29 +166,9 @@ class DeltaCKAMetric(Metric):
                     stacklevel=3,
                 )
 
-    def result(self) -> SimilarityResult:
-        warn_skipped(self.name, self.skipped, self.skipped_samples, self.min_n,
-                     "unbiased HSIC needs n ≥ 4" if self.unbiased else "HSIC needs n ≥ 2")
-        if self._n_used == 0:
-            raise ValueError(f"{self.name}: no batch had at least {self.min_n} samples; nothing was computed")
-        t = self.sums.totals()
-        self._warn(t)
+    def extras(self, t: dict[str, Tensor]) -> dict[str, Any]:
         pve_a, pve_b = F.dcka_pve(t)
-        extras = {f"hsic_{k}": to_numpy(v) for k, v in t.items()}
-        extras.update(pve_a=to_numpy(pve_a), pve_b=to_numpy(pve_b))
-        return SimilarityResult(
-            matrix=to_numpy(self.estimate(t)),
-            stderr=to_numpy(jackknife(self.estimate, self.sums)),
-            layers_a=list(self.model_a.layer_names), layers_b=list(self.model_b.layer_names),
-            model_a=self.model_a.model_name, model_b=self.model_b.model_name,
-            metric=self.name, settings=self.settings(),
-            n_samples=self.n_samples, n_batches=self._n_used,
-            n_skipped=self.skipped, skipped_samples=self.skipped_samples,
-            extras=extras,
-        )
-
-    def state_tensors(self) -> list[Tensor]:
-        return self.sums.state_tensors()
+        return {**self.sums.extras(), "pve_a": to_numpy(pve_a), "pve_b": to_numpy(pve_b)}
 
 
 class DeltaCKA(BaseSimilarity):

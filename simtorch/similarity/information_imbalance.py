@@ -346,15 +346,8 @@ class InformationImbalanceMetric(Metric):
         settings["subset_sizes"] = sorted(self._sizes)
         if self.needs_features:
             settings["buffer_bytes_per_sample"] = self._bytes_per_sample
-        return SimilarityResult(
-            matrix=to_numpy(fwd), stderr=to_numpy(fwd_se),
-            layers_a=list(self.model_a.layer_names), layers_b=list(self.model_b.layer_names),
-            model_a=self.model_a.model_name, model_b=self.model_b.model_name,
-            metric=self.name, settings=settings,
-            n_samples=self.n_samples, n_batches=self._n_used,
-            n_skipped=self.skipped, skipped_samples=self.skipped_samples,
-            extras={"reverse": to_numpy(rev), "reverse_stderr": to_numpy(rev_se)},
-        )
+        return self.make_result(fwd, fwd_se, {"reverse": to_numpy(rev), "reverse_stderr": to_numpy(rev_se)},
+                                settings=settings)
 
     def state_tensors(self) -> list[Tensor]:
         return [self.acc[k] for k in sorted(self.acc)]
