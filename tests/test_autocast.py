@@ -3,15 +3,14 @@ sums in float64; the grid stays close to the float32 one."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from simtorch import CKA, SimilarityModel
 from simtorch.engine import GramBatch, Metric, stream
+from models import conv, images  # noqa: E402
 
 LAYERS = ["conv1", "relu", "conv2", "pool", "fc"]
 
@@ -20,24 +19,6 @@ LAYERS = ["conv1", "relu", "conv2", "pool", "fc"]
 # CKA. The tolerance leaves about 3× margin; bf16 Grams (no float32 product) or a
 # forward without autocast would be caught by the dtype checks below, not by this bound.
 BF16_TOL = 5e-3
-
-
-def conv(seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(3, 8, 3, padding=1),
-            relu=nn.ReLU(),
-            conv2=nn.Conv2d(8, 16, 3, stride=2),
-            pool=nn.AdaptiveAvgPool2d(2),
-            flat=nn.Flatten(),
-            fc=nn.Linear(64, 10),
-        )
-    )
-
-
-def images() -> list[torch.Tensor]:
-    return list(torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0)).split(16))
 
 
 @pytest.mark.parametrize("seeds", [(0, 1), (2, 3)])

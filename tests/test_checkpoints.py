@@ -23,14 +23,7 @@ from simtorch.checkpoints import CheckpointComparison, load_checkpoint, load_sta
 LAYERS = ["fc1", "fc2", "relu", "fc3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # the tensors here are tiny: intra-op threads only add synchronisation, which is very
-    # slow on a busy machine; restored for the other test modules
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mlp(seed: int = 0) -> nn.Sequential:

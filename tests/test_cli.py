@@ -24,14 +24,7 @@ TINY = ["--n", "16", "--batch-size", "8", "--image-size", "16", "--quiet", "--de
 RESNET18_DEFAULT = ["conv1", "maxpool"] + [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)] + ["avgpool", "fc"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # the tensors here are tiny: intra-op threads only add synchronisation, which is very
-    # slow on a busy machine; restored for the other test modules
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cnn(num_classes: int = 10) -> torch.nn.Module:

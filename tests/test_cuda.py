@@ -12,6 +12,7 @@ from torch import nn
 
 from simtorch import CKA, SimilarityModel, compare
 from simtorch.engine import GramBatch, Metric, stream
+from models import conv, images  # noqa: E402
 
 pytestmark = [
     pytest.mark.cuda,
@@ -30,24 +31,6 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
-def conv(seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(3, 8, 3, padding=1),
-            relu=nn.ReLU(),
-            conv2=nn.Conv2d(8, 16, 3, stride=2),
-            pool=nn.AdaptiveAvgPool2d(2),
-            flat=nn.Flatten(),
-            fc=nn.Linear(64, 10),
-        )
-    )
-
-
-def images() -> list[torch.Tensor]:
-    return list(torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0)).split(16))
 
 
 def devices_of(model: nn.Module) -> set[str]:

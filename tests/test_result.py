@@ -21,14 +21,7 @@ LAYERS_A = ["fc1", "relu1", "fc2"]
 LAYERS_B = ["fc1", "fc2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # the tensors here are tiny: intra-op threads only add synchronisation, which is very
-    # slow on a busy machine; restored for the other test modules
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def net(seed: int, d_in: int = 12, h: int = 10) -> nn.Sequential:
