@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,11 +105,15 @@ class GramBatch:
     def centered(self, side: str, kernel: str, sigma_frac: float, unbiased: bool) -> Tensor:
         """Flattened centred (``HKH``) or U-centred kernel stack ``(L, n²)``, float64."""
         side = "a" if self.same else side
-        return self.cached(
-            ("centered", side, kernel, sigma_frac, unbiased),
-            lambda: F.centered_flat(self.kernel(side, kernel, sigma_frac), unbiased,
-                                    out=self._buffer(("centered", side, kernel, sigma_frac, unbiased), self.grams(side))),
-        )
+
+        def make() -> Tensor:
+            # the linear kernel is centred straight from the float32 Grams into the float64
+            # buffer (one copy, not two)
+            src = self.grams(side) if kernel == "linear" else self.kernel(side, kernel, sigma_frac)
+            out = self._buffer(("centered", side, kernel, sigma_frac, unbiased), src)
+            return F.centered_flat(src if out is not None else src.to(torch.float64), unbiased, out=out)
+
+        return self.cached(("centered", side, kernel, sigma_frac, unbiased), make)
 
 
 class Metric(ABC):
@@ -372,22 +376,25 @@ def stream(
     placement = _Placement((model_a, model_b), run_device)
     n_batches = 0
     try:
-        with torch.inference_mode():
+        with ExitStack() as capture, torch.inference_mode():
+            # hooks attached (and eval mode set) once for the whole pass; each batch only
+            # resets the sinks the hooks write into
+            sinks: dict[int, _GramSink] = {}
+            for members in groups.values():
+                for sm in members:
+                    sinks[id(sm)] = _GramSink(len(sm.layer_names), feature_fn, workspace, autocast is not None)
+                    capture.enter_context(sm.capturing(sinks[id(sm)]))
             for index, batch in enumerate(iterator):
                 raw = unpack_batch(batch, input_key, input_fn)
                 n = _batch_size(raw)
                 mask = raw.get("attention_mask") if isinstance(raw, Mapping) else None
-                sinks: dict[int, _GramSink] = {}
                 for members in groups.values():
                     where = run_device[id(members[0])]
                     inputs = _to_device(raw, where)
                     m = mask.to(where, non_blocking=True) if isinstance(mask, Tensor) else None
-                    with ExitStack() as hooks:
-                        for sm in members:
-                            sinks[id(sm)] = _GramSink(len(sm.layer_names), n, m, feature_fn, workspace)
-                            hooks.enter_context(sm.capturing(sinks[id(sm)]))
-                        if autocast is not None:
-                            hooks.enter_context(torch.autocast(device_type=where.type, dtype=autocast))
+                    for sm in members:
+                        sinks[id(sm)].reset(n, m)
+                    with torch.autocast(device_type=where.type, dtype=autocast) if autocast is not None else nullcontext():
                         call_model(members[0].model, inputs)
                     for sm in members:
                         sm.check_sink(sinks[id(sm)])
@@ -432,7 +439,7 @@ def _global_count(n: int, device: torch.device) -> int:
 
 
 def _stack(sink: _GramSink, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor] | None]:
-    grams = torch.stack([g for g in sink.grams])  # type: ignore[misc]
+    grams = sink.stacked()
     energy = torch.stack([e for e in sink.energy])  # type: ignore[misc]
     feats = None if sink.feature_fn is None else [f.to(device, non_blocking=True) for f in sink.features]  # type: ignore[union-attr]
     return grams.to(device, non_blocking=True), energy.to(device, non_blocking=True), feats

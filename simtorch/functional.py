@@ -90,7 +90,9 @@ def center_columns(x: Tensor) -> Tensor:
     return x - x.mean(dim=0, keepdim=True)
 
 
-def linear_gram(x: Tensor, dtype: torch.dtype | None = None, scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def linear_gram(
+    x: Tensor, dtype: torch.dtype | None = None, scratch: Tensor | None = None, out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Gram matrix of column-centred features, and the raw energy of the features.
 
     Parameters
@@ -104,6 +106,9 @@ def linear_gram(x: Tensor, dtype: torch.dtype | None = None, scratch: Tensor | N
         A 1-D buffer of that dtype and device with at least ``n·d`` elements to hold the
         centred copy (the streaming engine reuses one across layers and batches: a fresh
         multi-MB allocation per layer costs page faults comparable to the product itself).
+    out : Tensor, optional
+        An ``(n, n)`` tensor of that dtype and device to write the Gram into (a slot of the
+        engine's reused layer stack); ignored if it does not fit.
 
     Returns
     -------
@@ -124,8 +129,12 @@ def linear_gram(x: Tensor, dtype: torch.dtype | None = None, scratch: Tensor | N
         xc = torch.sub(x, mu, out=scratch[: x.numel()].view(x.shape))
     else:
         xc = x - mu
-    gram = xc @ xc.T
-    energy = gram.diagonal().sum() + x.shape[0] * (mu * mu).sum()
+    n = x.shape[0]
+    if out is not None and out.dtype == dtype and out.device == x.device and out.shape == (n, n):
+        gram = torch.mm(xc, xc.T, out=out)
+    else:
+        gram = xc @ xc.T
+    energy = gram.diagonal().sum() + n * (mu * mu).sum()
     return gram, energy
 
 
@@ -187,13 +196,16 @@ def kernel_stack(gram: Tensor, kernel: Kernel = "linear", sigma_frac: float = 1.
 
 def center_gram(k: Tensor, out: Tensor | None = None) -> Tensor:
     """Double centring ``H K H`` with ``H = I − 11ᵀ/n`` (batched over leading dims).
-    ``out`` (same shape and dtype, may be ``k`` itself) receives the result."""
-    row = k.mean(dim=-1, keepdim=True)
-    col = k.mean(dim=-2, keepdim=True)
+
+    ``out`` (same shape, may be ``k`` itself, may be float64 for a float32 ``k``) receives
+    the result; the means are taken in ``out``'s precision."""
+    c = k.clone() if out is None else (out if out is k else out.copy_(k))
+    row = c.mean(dim=-1, keepdim=True)
+    col = c.mean(dim=-2, keepdim=True)
     total = row.mean(dim=-2, keepdim=True)
-    # one (…, n, n) result updated in place: these stacks are large and sit on the
-    # per-batch path of every layer grid
-    return torch.sub(k, row, out=out).sub_(col).add_(total) if out is not None else (k - row).sub_(col).add_(total)
+    # in place on the one copy: these stacks are large and sit on the per-batch path of
+    # every layer grid
+    return c.sub_(row).sub_(col).add_(total)
 
 
 def u_center_gram(k: Tensor, out: Tensor | None = None) -> Tensor:
@@ -203,8 +215,8 @@ def u_center_gram(k: Tensor, out: Tensor | None = None) -> Tensor:
     ``Uᵢⱼ = K̃ᵢⱼ − (rᵢ + rⱼ)/(n−2) + t/((n−1)(n−2))`` off the diagonal and 0 on it. Then
     ``⟨U(K), U(L)⟩_F / (n(n−3))`` is exactly HSIC₁ of Song et al. (2012), so the
     unbiased all-pairs grid is one matrix product of flattened U-centred stacks.
-    Requires ``n ≥ 4``. ``out`` (same shape and dtype, may be ``k`` itself) receives the
-    result.
+    Requires ``n ≥ 4``. ``out`` (same shape, may be ``k`` itself, may be float64 for a
+    float32 ``k``) receives the result.
     """
     n = k.shape[-1]
     if n < 4:

@@ -15,7 +15,7 @@ import inspect
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Literal, Union
 
 import torch
@@ -341,12 +341,12 @@ class SimilarityModel:
                 )
             if want is not None and want >= 0 and call != want:
                 return
-            t = self._reduce(name, output, sink.n, sink.mask)
+            t = self._reduce(name, output, sink.n, sink.mask).detach()
             # under autocast the Gram must still be a float32 product, not a bf16/fp16 one
-            with torch.autocast(device_type=t.device.type, enabled=False):
-                g, e = F.linear_gram(t.detach(), scratch=sink.scratch(t))
+            with torch.autocast(device_type=t.device.type, enabled=False) if sink.autocast else nullcontext():
+                g, e = F.linear_gram(t, scratch=sink.scratch(t), out=sink.slot(i, t))
                 if sink.feature_fn is not None:
-                    sink.features[i] = sink.feature_fn(F.flatten_samples(t.detach()))
+                    sink.features[i] = sink.feature_fn(F.flatten_samples(t))
             sink.grams[i] = g
             sink.energy[i] = e
 
@@ -393,24 +393,36 @@ class SimilarityModel:
 
 
 class _GramSink:
-    """Per-forward-pass storage the hooks of one SimilarityModel write into."""
+    """What the hooks of one SimilarityModel write during a forward pass: each layer's Gram
+    (into a slot of a stack reused from batch to batch), its energy and, if a metric asked
+    for them, its transformed features. :meth:`reset` before each forward pass."""
 
     def __init__(
         self,
         n_layers: int,
-        n: int,
-        mask: Tensor | None = None,
         feature_fn: Callable[[Tensor], Tensor] | None = None,
         workspace: Any = None,
+        autocast: bool = False,
     ) -> None:
-        self.n = n
-        self.workspace = workspace
-        self.mask = mask
+        self.n_layers = n_layers
         self.feature_fn = feature_fn
-        self.calls = [0] * n_layers
-        self.grams: list[Tensor | None] = [None] * n_layers
-        self.energy: list[Tensor | None] = [None] * n_layers
-        self.features: list[Tensor | None] = [None] * n_layers
+        self.workspace = workspace
+        #: hooks only need to leave autocast when the forward pass runs under it
+        self.autocast = autocast
+        self.reset(0)
+
+    def reset(self, n: int, mask: Tensor | None = None) -> None:
+        self.n = n
+        self.mask = mask
+        self.calls = [0] * self.n_layers
+        self.grams: list[Tensor | None] = [None] * self.n_layers
+        self.energy: list[Tensor | None] = [None] * self.n_layers
+        self.features: list[Tensor | None] = [None] * self.n_layers
+        self.stack: Tensor | None = None
+
+    @staticmethod
+    def _gram_dtype(t: Tensor) -> torch.dtype:
+        return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) or not t.dtype.is_floating_point else t.dtype
 
     def scratch(self, t: Tensor) -> Tensor | None:
         """A reusable buffer for the centred copy of ``t`` (one per dtype and device: the
@@ -418,8 +430,26 @@ class _GramSink:
         different devices)."""
         if self.workspace is None:
             return None
-        dtype = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) or not t.dtype.is_floating_point else t.dtype
-        return self.workspace.get(("activation",), (t.numel(),), dtype, t.device)
+        return self.workspace.get(("activation",), (t.numel(),), self._gram_dtype(t), t.device)
+
+    def slot(self, i: int, t: Tensor) -> Tensor | None:
+        """Where layer ``i``'s Gram goes: row ``i`` of an ``(L, n, n)`` stack reused across
+        batches, so no per-batch ``torch.stack`` copy is needed."""
+        if self.workspace is None:
+            return None
+        if self.stack is None:
+            self.stack = self.workspace.get(("grams", id(self)), (self.n_layers, self.n, self.n),
+                                            self._gram_dtype(t), t.device)
+        return self.stack[i]
+
+    def stacked(self) -> Tensor:
+        """The ``(L, n, n)`` Grams of the last forward pass."""
+        grams = self.grams
+        if self.stack is not None and all(
+            g is not None and g.data_ptr() == self.stack[i].data_ptr() for i, g in enumerate(grams)
+        ):
+            return self.stack
+        return torch.stack([g for g in grams])  # type: ignore[misc]  # layers of mixed dtype/device
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:

@@ -122,7 +122,7 @@ class CKAMetric(HSICMetric):
         flat = batch.centered(side, self.kernel, self.sigma_frac, self.unbiased)
         k = batch.kernel(side, self.kernel, self.sigma_frac) if self.kernel == "rbf" else None
         scale = F.kernel_scale(batch.grams(side), batch.energy(side), self.kernel, k) * factor
-        return flat, (flat * flat).sum(-1) * factor, scale
+        return flat, torch.linalg.vecdot(flat, flat) * factor, scale
 
     def update(self, batch: GramBatch) -> None:
         if self.skip(batch):
