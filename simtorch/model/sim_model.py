@@ -292,11 +292,16 @@ class SimilarityModel:
             )
         if t.dim() == 0 or t.shape[0] != n:
             shape = tuple(t.shape)
-            raise ValueError(
-                f"{self.model_name}: layer {name!r} produced shape {shape} but the batch has {n} samples. "
-                "simtorch needs the batch dimension first; for sequence-first modules (e.g. "
+            hint = (
+                "nn.DataParallel splits each batch across GPUs, so no hook sees the whole batch: run one "
+                "process per GPU with torch.distributed instead (see the README)"
+                if isinstance(self.model, nn.DataParallel) and len(self.model.device_ids) > 1
+                else "simtorch needs the batch dimension first; for sequence-first modules (e.g. "
                 "nn.TransformerEncoderLayer without batch_first=True) pass "
                 "output_fn=lambda out: out.transpose(0, 1)"
+            )
+            raise ValueError(
+                f"{self.model_name}: layer {name!r} produced shape {shape} but the batch has {n} samples. {hint}"
             )
         if t.dim() == 3:
             if self.sequence == "mean":

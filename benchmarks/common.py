@@ -1,0 +1,380 @@
+"""Shared pieces of the benchmark suite: workloads, memory probes, timed phases and the
+float64 reference. Imported by ``run.py`` and ``profile_engine.py`` (not part of simtorch).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import json
+import os
+import re
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import simtorch  # noqa: E402
+from simtorch import SimilarityModel  # noqa: E402
+from simtorch import functional as SF  # noqa: E402
+from simtorch.data import synthetic_images  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MiB = 1024.0 * 1024.0
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _status_kib(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(rf"^{key}:\s+(\d+)\s+kB", f.read(), re.M)
+        return float(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def rss_mib() -> float:
+    v = _status_kib("VmRSS")
+    if v is None:  # not Linux: best effort through the lifetime maximum
+        return maxrss_mib()
+    return v / 1024.0
+
+
+def maxrss_mib() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
+
+
+class PeakRSS:
+    """Peak resident set size over a block of code.
+
+    On Linux the kernel's high-water mark (VmHWM) is reset by writing ``5`` to
+    ``/proc/self/clear_refs`` and read back afterwards: exact and free. Where that is not
+    allowed, a thread samples VmRSS every millisecond (may miss sub-millisecond spikes).
+    """
+
+    def __init__(self) -> None:
+        self.before = self.peak = self.after = 0.0
+        self.method = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sampled = 0.0
+
+    def __enter__(self) -> "PeakRSS":
+        self.before = rss_mib()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.method = "VmHWM"
+        except OSError:
+            self.method = "sampled"
+            self._sampled = self.before
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._sampled = max(self._sampled, rss_mib())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.after = rss_mib()
+        if self.method == "VmHWM":
+            self.peak = (_status_kib("VmHWM") or 0.0) / 1024.0
+        else:
+            self._stop.set()
+            assert self._thread is not None
+            self._thread.join()
+            self.peak = max(self._sampled, self.after)
+
+    @property
+    def growth(self) -> float:
+        return self.peak - self.before
+
+
+# ----------------------------------------------------------------------------- workloads
+
+W1_LAYERS = ["conv1", "maxpool", "layer?.*", "avgpool", "fc"]
+
+
+def deep_stack(depth: int = 100, width: int = 256, in_dim: int = 3 * 32 * 32, seed: int = 0) -> nn.Sequential:
+    """``depth`` Linear layers of ``width`` units with ReLU between them; Kaiming-normal
+    weights (ReLU gain) keep the activation scale constant over 100 layers (the default
+    init would shrink it by ~6× per layer into denormals)."""
+    g = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = [nn.Flatten()]
+    d = in_dim
+    for i in range(depth):
+        lin = nn.Linear(d, width)
+        with torch.no_grad():
+            lin.weight.normal_(0.0, (2.0 / d) ** 0.5, generator=g)
+            lin.bias.zero_()
+        layers.append(lin)
+        if i < depth - 1:
+            layers.append(nn.ReLU())
+        d = width
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class Workload:
+    name: str
+    description: str
+    image_size: int = 32
+    n: int = 1024
+    batch: int = 128
+    kind: str = "resnet"  # resnet | stack
+    layers: Any = field(default_factory=lambda: list(W1_LAYERS))
+    metric: str = "cka"  # cka | compare3
+    breakdown: bool = False  # also time a Gram-only pass (Gram part vs pairwise part)
+    repeats: int = 5
+    target: float | None = None  # ratio to forward-only
+    target_note: str = ""
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload("W1", "resnet18 vs resnet34 block outputs, 32x32, CKA", target=1.05, breakdown=True),
+        Workload("W1-wide", "W1 at 64x64", image_size=64, target=1.03, repeats=3, breakdown=True),
+        Workload("W1-many", "every Conv2d of both models, CKA", layers=[nn.Conv2d], target=1.15, breakdown=True),
+        Workload("grid100", "100x100 grid: 100 Linear(256) layers per model, CKA", kind="stack",
+                 layers=[nn.Linear], breakdown=True,
+                 target_note="pairwise part <= 50% of the Gram part"),
+        Workload("compare3", "W1 with CKA + dCKA + II in one pass (simtorch.compare)", metric="compare3",
+                 target=1.15, repeats=3),
+    ]
+}
+
+
+def build_models(w: Workload) -> tuple[nn.Module, nn.Module]:
+    if w.kind == "stack":
+        return deep_stack(seed=0, in_dim=3 * w.image_size**2).eval(), deep_stack(seed=1, in_dim=3 * w.image_size**2).eval()
+    import torchvision
+
+    torch.manual_seed(0)
+    a = torchvision.models.resnet18(weights=None)
+    torch.manual_seed(1)
+    b = torchvision.models.resnet34(weights=None)
+    return a.eval(), b.eval()
+
+
+def make_loader(n: int, image_size: int, batch: int, device: torch.device) -> torch.utils.data.DataLoader:
+    ds = synthetic_images(n, image_size, seed=0)
+    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, num_workers=0,
+                                       pin_memory=device.type == "cuda")
+
+
+def wrap(w: Workload, ma: nn.Module, mb: nn.Module) -> tuple[SimilarityModel, SimilarityModel]:
+    names = ("ResNet-18", "ResNet-34") if w.kind == "resnet" else ("stack-0", "stack-1")
+    return (SimilarityModel(ma, names[0], list(w.layers)), SimilarityModel(mb, names[1], list(w.layers)))
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def forward_only(models: tuple[nn.Module, ...], loader: Any, device: torch.device) -> Callable[[], None]:
+    """The floor: both models over the loader under inference mode, nothing else."""
+
+    def run() -> None:
+        with torch.inference_mode():
+            for batch in loader:
+                x = batch[0].to(device, non_blocking=True)
+                for m in models:
+                    m(x)
+
+    return run
+
+
+def grams_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: torch.device) -> Callable[[], None]:
+    """Forward passes plus one ``functional.linear_gram`` per hooked layer (the Gram of the
+    column-centred activation, float32), the result dropped: the cost of the Grams alone,
+    with plain hooks registered once, no stacking, no HSIC."""
+
+    def run() -> None:
+        keep: list[Any] = [None]
+        handles = []
+
+        def hook(mod: nn.Module, args: Any, out: Any) -> None:
+            keep[0] = SF.linear_gram(out)
+
+        try:
+            for sm in (sa, sb):
+                for name in sm.layer_names:
+                    handles.append(sm.base_model.get_submodule(name).register_forward_hook(hook))
+            with torch.inference_mode():
+                for batch in loader:
+                    x = batch[0].to(device, non_blocking=True)
+                    sa.model(x)
+                    sb.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+
+    return run
+
+
+def engine_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: torch.device) -> Callable[[], None] | None:
+    """simtorch's streaming loop with a metric that does nothing: hooks, output reduction,
+    Grams, per-batch hook/mode set-up, stacking and checks, but no HSIC. ``None`` when the
+    engine's internal API is not there (it is not public and may change)."""
+    try:
+        from simtorch.engine import Metric, stream
+    except ImportError:
+        return None
+
+    class NoOp(Metric):
+        name = "noop"
+
+        def update(self, batch: Any) -> None:
+            pass
+
+        def result(self) -> None:
+            return None
+
+    def run() -> None:
+        stream(sa, sb, loader, [NoOp()], device, progress=False)
+
+    return run
+
+
+def similarity(w: Workload, sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: torch.device,
+               out: dict) -> Callable[[], None]:
+    """The similarity computation under test; the CKA grid lands in ``out['grid']``."""
+
+    if w.metric == "cka":
+
+        def run() -> None:
+            out["grid"] = simtorch.CKA(sa, sb, device=device, progress=False).compute(loader)
+
+    else:
+
+        def run() -> None:
+            res = simtorch.compare(sa, sb, loader, metrics=("cka", "dcka", "ii"), device=device, progress=False)
+            out["grid"] = res["cka"].matrix
+            out["extra_shapes"] = {k: list(v.matrix.shape) for k, v in res.items()}
+
+    return run
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> dict[str, float]:
+    gc.collect()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda0 = torch.cuda.memory_allocated(device)
+    with PeakRSS() as mem:
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        sync(device)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rec = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": mem.peak, "rss_before_mib": mem.before,
+           "rss_growth_mib": mem.growth, "rss_after_mib": mem.after}
+    if device.type == "cuda":
+        rec["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(device) / MiB
+        rec["cuda_growth_mib"] = (torch.cuda.max_memory_allocated(device) - cuda0) / MiB
+    return rec
+
+
+# ----------------------------------------------------------------------------- float64 reference
+
+
+def reference_grid(ma: nn.Module, mb: nn.Module, names_a: list[str], names_b: list[str], loader: Any,
+                   device: torch.device, model_dtype: torch.dtype) -> torch.Tensor:
+    """Streaming unbiased linear CKA (DESIGN §4), written independently of simtorch's
+    U-centring: per batch, each activation in float64, column-centred, K = X Xᵀ; HSIC₁ by
+    Song et al.'s formula [tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((n−1)(n−2)) − 2/(n−2)·1ᵀK̃L̃1]/(n(n−3))
+    for every pair at once; the three HSIC terms summed over batches, ratio at the end.
+
+    ``model_dtype=float64`` runs float64 copies of the models (the reference the targets
+    use); ``float32`` runs the models as they are and does only the math in float64.
+    """
+    if model_dtype == torch.float64:
+        ma, mb = copy.deepcopy(ma).double(), copy.deepcopy(mb).double()
+    f64 = torch.float64
+
+    def stats(model: nn.Module, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        grams: list[torch.Tensor | None] = [None] * len(names)
+        handles = []
+        for i, name in enumerate(names):
+            def hook(mod: nn.Module, args: Any, out: Any, i: int = i) -> None:
+                t = out.detach().reshape(out.shape[0], -1).to(f64)
+                t = t - t.mean(0, keepdim=True)
+                k = t @ t.T
+                k.fill_diagonal_(0.0)
+                grams[i] = k
+            handles.append(model.get_submodule(name).register_forward_hook(hook))
+        try:
+            model(x.to(model_dtype))
+        finally:
+            for h in handles:
+                h.remove()
+        k = torch.stack(grams)  # (L, n, n) with zero diagonal
+        return k.reshape(len(names), -1), k.sum(-1), k.sum((-2, -1))  # flat, row sums, totals
+
+    cross = saa = sbb = None
+    with torch.inference_mode():
+        for batch in loader:
+            x = batch[0].to(device)
+            n = x.shape[0]
+            if n < 4:
+                continue
+            fa, ra, ta = stats(ma, names_a, x)
+            fb, rb, tb = stats(mb, names_b, x)
+
+            def hsic1(f1, r1, t1, f2, r2, t2):
+                return (f1 @ f2.T + torch.outer(t1, t2) / ((n - 1) * (n - 2)) - (2.0 / (n - 2)) * (r1 @ r2.T)) / (n * (n - 3))
+
+            c = hsic1(fa, ra, ta, fb, rb, tb)
+            sa = torch.diagonal(hsic1(fa, ra, ta, fa, ra, ta))
+            sb = torch.diagonal(hsic1(fb, rb, tb, fb, rb, tb))
+            cross, saa, sbb = (c, sa, sb) if cross is None else (cross + c, saa + sa, sbb + sb)
+    assert cross is not None
+    return (cross / torch.sqrt(saa[:, None] * sbb[None, :])).cpu()
+
+
+def cached_reference(key: dict, compute: Callable[[], torch.Tensor], use_cache: bool = True) -> tuple[torch.Tensor, bool]:
+    """Float64 references are slow (float64 convolutions) and deterministic: cache them
+    under benchmarks/results/cache, keyed by the workload settings and the torch version."""
+    key = {**key, "torch": torch.__version__, "v": 2}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = RESULTS / "cache" / f"ref-{digest}.pt"
+    if use_cache and path.exists():
+        return torch.load(path), True
+    ref = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ref, path)
+    return ref, False
+
+
+def max_abs_err(grid: Any, ref: torch.Tensor) -> float:
+    g = torch.as_tensor(grid, dtype=torch.float64)
+    if g.shape != ref.shape:
+        raise ValueError(f"grid shape {tuple(g.shape)} != reference {tuple(ref.shape)}")
+    both_nan = torch.isnan(g) & torch.isnan(ref)
+    d = (g - ref).abs().masked_fill(both_nan, 0.0)
+    return float("nan") if torch.isnan(d).any() else float(d.max())
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
