@@ -235,7 +235,7 @@ def unpack_batch(
 
 def _to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
+        return _move(obj, device)
     if isinstance(obj, Mapping):
         return {k: _to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, tuple):
@@ -391,7 +391,7 @@ def stream(
                 for members in groups.values():
                     where = run_device[id(members[0])]
                     inputs = _to_device(raw, where)
-                    m = mask.to(where, non_blocking=True) if isinstance(mask, Tensor) else None
+                    m = _move(mask, where) if isinstance(mask, Tensor) else None
                     for sm in members:
                         sinks[id(sm)].reset(n, m)
                     with torch.autocast(device_type=where.type, dtype=autocast) if autocast is not None else nullcontext():
@@ -441,8 +441,15 @@ def _global_count(n: int, device: torch.device) -> int:
 def _stack(sink: _GramSink, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor] | None]:
     grams = sink.stacked()
     energy = torch.stack([e for e in sink.energy])  # type: ignore[misc]
-    feats = None if sink.feature_fn is None else [f.to(device, non_blocking=True) for f in sink.features]  # type: ignore[union-attr]
-    return grams.to(device, non_blocking=True), energy.to(device, non_blocking=True), feats
+    feats = None if sink.feature_fn is None else [_move(f, device) for f in sink.features]  # type: ignore[arg-type]
+    return _move(grams, device), _move(energy, device), feats
+
+
+def _move(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; asynchronous only towards an accelerator. A non-blocking copy
+    to the host may return before the data has arrived, and the metric would read it at
+    once (and the engine reuses the source buffer for the next batch)."""
+    return t.to(device, non_blocking=device.type != "cpu")
 
 
 def warn_skipped(metric_name: str, skipped: int, skipped_samples: int, min_n: int, reason: str) -> None:
