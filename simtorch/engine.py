@@ -82,8 +82,7 @@ class GramBatch:
         return self.energy_a if side == "a" or self.same else self.energy_b
 
     def cached(self, key: tuple, fn: Callable[[], Tensor]) -> Tensor:
-        if self.same and len(key) > 1 and key[1] == "b":
-            key = (key[0], "a", *key[2:])
+        """``fn()`` once per batch per key, shared by every metric of the pass."""
         if key not in self._cache:
             self._cache[key] = fn()
         return self._cache[key]
