@@ -1,327 +1,74 @@
 """The one streaming loop shared by every metric.
 
 For each batch: unpack the model input, move it to each model's device, run every distinct
-model once under ``torch.inference_mode`` with hooks that turn each chosen layer's output
-into a centred Gram matrix, stack the Grams per side and hand them to every metric's
-``update``. Metrics keep only sums (float64), so memory does not grow with the dataset and
-the sums can be all-reduced across processes.
+model once under ``torch.inference_mode`` with the capture hooks (:mod:`simtorch.capture`),
+stack the Grams per side and hand them to every metric's ``update``. Metrics keep only
+declared sums, so memory does not grow with the dataset, and the engine can all-reduce
+them across processes without knowing what they mean.
+
+The loop is this module's one job; its helpers have their own: :mod:`simtorch.options`
+(:class:`RunOptions`), :mod:`simtorch.gram_batch` (:class:`GramBatch`),
+:mod:`simtorch.interrupts` (whole, verified batches on Ctrl-C and late NaNs),
+:mod:`simtorch.pass_state` (resumable passes) and :mod:`simtorch.distributed`
+(error flag and all-reduce under ``torch.distributed``). ``RunOptions``, ``GramBatch`` and
+``resolve_device`` stay importable from here.
 """
 
 from __future__ import annotations
 
-import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import functional as F
-from .model.sim_model import SimilarityModel, _batch_size, _GramSink, call_model
+from .batches import batch_size, call_model, dataset_size, move, to_device, unpack_batch
+from .capture import LayerCapture, Workspace
+from .distributed import (Peers, all_reduce_states, announce_failure, check_peers, from_peer, global_count,
+                          is_distributed, rank_world)
+from .gram_batch import GramBatch
+from .interrupts import DeferInterrupt, VerifiedStates
+from .metrics.base import Binding, Metric, Needs
+from .model import SimilarityModel
+from .options import RunOptions
+from .pass_state import CaptureStates, capture_states, open_state, restore_captures, save_on_exit
+from .placement import FiniteGuard, Placement, check_available, resolve_device
+from .resume import batch_hash
 
-__all__ = ["GramBatch", "Metric", "Workspace", "stream", "unpack_batch", "resolve_device"]
-
-
-class Workspace:
-    """Buffers reused from batch to batch.
-
-    The per-batch temporaries are large (a layer's centred activation, float64 stacks of
-    ``L × n × n``) and freshly allocated ones are returned to the OS when freed, so every
-    batch would pay page faults on megabytes of memory: measured here, as much as the
-    arithmetic itself. Tensors handed out are valid until the same key is asked for again.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple, Tensor] = {}
-
-    def get(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-        numel = 1
-        for s in shape:
-            numel *= s
-        k = (key, dtype, device)
-        buf = self._bufs.get(k)
-        if buf is None or buf.numel() < numel:
-            buf = self._bufs[k] = torch.empty(numel, dtype=dtype, device=device)
-        return buf[:numel].view(shape)
+__all__ = ["GramBatch", "RunOptions", "stream", "resolve_device"]
 
 
-@dataclass
-class GramBatch:
-    """Everything a metric sees of one batch: the Gram stacks of both sides and context.
+def _needs(metrics: Sequence[Metric]) -> Needs:
+    needs = Needs()
+    features: set[Callable] = set()  # equal transforms (same projection) share one set
+    for m in metrics:
+        nd = m.needs()
+        if nd.features is not None:
+            features.add(nd.features)
+        needs = needs.merge(nd)
+    if len(features) > 1:
+        raise ValueError("several metrics of one pass ask for differently transformed features; run them separately")
+    return needs
 
-    ``grams_a`` is ``(La, n, n)`` float32 (Grams of column-centred activations),
-    ``energy_a`` is ``(La,)`` with each layer's ``‖X‖_F²`` (see :func:`functional.linear_gram`).
-    ``same`` is True when both sides are the same stack (a model against itself).
-    Derived float64 kernels and centred stacks are cached so several metrics of one
-    pass share them.
-    """
 
-    index: int
-    n: int
-    grams_a: Tensor
-    energy_a: Tensor
-    grams_b: Tensor
-    energy_b: Tensor
-    same: bool
-    inputs: Any = None
-    #: buffers that outlive the batch; tensors from :meth:`kernel`/:meth:`centered` may live
-    #: in it, so metrics must not keep them beyond ``update``
-    workspace: Workspace | None = None
-    #: per-layer ``(n, p)`` features, only when a metric set ``feature_transform``
-    features_a: list[Tensor] | None = None
-    features_b: list[Tensor] | None = None
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    def grams(self, side: str) -> Tensor:
-        return self.grams_a if side == "a" or self.same else self.grams_b
-
-    def energy(self, side: str) -> Tensor:
-        return self.energy_a if side == "a" or self.same else self.energy_b
-
-    def cached(self, key: tuple, fn: Callable[[], Tensor]) -> Tensor:
-        """``fn()`` once per batch per key, shared by every metric of the pass."""
-        if key not in self._cache:
-            self._cache[key] = fn()
-        return self._cache[key]
-
-    def _buffer(self, key: tuple, like: Tensor) -> Tensor | None:
-        if self.workspace is None:
-            return None
-        return self.workspace.get(key, tuple(like.shape), torch.float64, like.device)
-
-    def kernel(self, side: str, kernel: str, sigma_frac: float = 1.0) -> Tensor:
-        """Float64 kernel stack ``(L, n, n)`` of one side."""
-        side = "a" if self.same else side
-        return self.cached(
-            ("kernel", side, kernel, sigma_frac),
-            lambda: F.kernel_stack(self.grams(side), kernel, sigma_frac,
-                                   out=self._buffer(("kernel", side), self.grams(side)) if kernel == "linear" else None),
+def _check_first_batch(needs: Needs, raw: Any) -> None:
+    """Needs that one look at the first model input can settle, before any forward pass."""
+    if needs.tensor_inputs and not isinstance(raw, Tensor):
+        raise TypeError(
+            f"a metric of this pass needs the model input as a tensor, but the loader's model input is a "
+            f"{type(raw).__name__}. {needs.tensor_inputs_hint}".rstrip()
         )
 
-    def centered(self, side: str, kernel: str, sigma_frac: float, unbiased: bool) -> Tensor:
-        """Flattened centred (``HKH``) or U-centred kernel stack ``(L, n²)``, float64."""
-        side = "a" if self.same else side
 
-        def make() -> Tensor:
-            # the linear kernel is centred straight from the float32 Grams into the float64
-            # buffer (one copy, not two)
-            src = self.grams(side) if kernel == "linear" else self.kernel(side, kernel, sigma_frac)
-            out = self._buffer(("centered", side, kernel, sigma_frac, unbiased), src)
-            return F.centered_flat(src if out is not None else src.to(torch.float64), unbiased, out=out)
-
-        return self.cached(("centered", side, kernel, sigma_frac, unbiased), make)
-
-
-class Metric(ABC):
-    """A streaming metric: ``update`` once per batch with sums only, ``result`` at the end."""
-
-    name: str = "metric"
-    #: ``fn((n, d) features) -> (n, p)``: set it (in :meth:`bind`) to receive each layer's
-    #: flattened, reduced features in ``GramBatch.features_*``, captured by the engine's own
-    #: hook next to the Gram (e.g. a random projection); None = Grams only, the default
-    feature_transform: Callable[[Tensor], Tensor] | None = None
-    #: samples the loader will yield, when known up front (set by :func:`stream` before
-    #: the first batch), so a metric that buffers can refuse early
-    expected_samples: int | None = None
-
-    def bind(self, model_a: SimilarityModel, model_b: SimilarityModel, device: torch.device) -> None:
-        """Called once before the first batch."""
-        self.model_a, self.model_b, self.device = model_a, model_b, device
-
-    @abstractmethod
-    def update(self, batch: GramBatch) -> None: ...
-
-    @abstractmethod
-    def result(self) -> Any:
-        """The metric's :class:`~simtorch.result.SimilarityResult` from the sums so far."""
-
-    #: integer attributes that are sums over batches (all-reduced with the tensors)
-    counters: tuple[str, ...] = ("n_samples", "_n_used", "skipped", "skipped_samples")
-
-    def state_tensors(self) -> list[Tensor]:
-        """The sums to all-reduce across processes (torch.distributed), in a fixed order."""
-        return []
-
-    def all_reduce(self) -> None:
-        """Sum the state over every process of the default group, so each rank holds the
-        statistics of the whole dataset (the accumulators are sums by design)."""
-        import torch.distributed as dist
-
-        for t in self.state_tensors():
-            dist.all_reduce(t)
-        names = [c for c in self.counters if hasattr(self, c)]
-        if names:
-            counts = torch.tensor([getattr(self, c) for c in names], dtype=torch.float64, device=self.device)
-            dist.all_reduce(counts)
-            for c, v in zip(names, counts.tolist()):
-                setattr(self, c, int(round(v)))
-
-    @property
-    def n_batches_used(self) -> int:
-        return getattr(self, "_n_used", 0)
-
-    def make_result(self, matrix: Tensor, stderr: Tensor, extras: dict | None = None, **overrides: Any) -> Any:
-        """A :class:`~simtorch.result.SimilarityResult` of this metric's grid with the models'
-        names, layer names, settings and sample/batch counters filled in."""
-        from .result import SimilarityResult
-        from .similarity.accumulate import to_numpy
-
-        fields: dict[str, Any] = dict(
-            matrix=to_numpy(matrix), stderr=to_numpy(stderr),
-            layers_a=list(self.model_a.layer_names), layers_b=list(self.model_b.layer_names),
-            model_a=self.model_a.model_name, model_b=self.model_b.model_name,
-            metric=self.name, settings=self.settings() if hasattr(self, "settings") else {},
-            n_samples=getattr(self, "n_samples", 0), n_batches=self.n_batches_used,
-            n_skipped=getattr(self, "skipped", 0), skipped_samples=getattr(self, "skipped_samples", 0),
-            extras=extras or {},
-        )
-        fields.update(overrides)
-        return SimilarityResult(**fields)
-
-
-def dataset_size(loader: Any) -> int | None:
-    """Samples a loader will yield (this process's share under a sampler), if knowable."""
-    for source in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
-        if source is not None:
-            try:
-                return len(source)
-            except TypeError:
-                continue
-    return None
-
-
-def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
-    """``device`` as a torch.device; default: where ``model``'s parameters live, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    if model is not None:
-        for p in model.parameters():
-            return p.device
-    return torch.device("cpu")
-
-
-def unpack_batch(
-    batch: Any, input_key: str | None = None, input_fn: Callable[[Any], Any] | None = None
-) -> Any:
-    """The model input of one loader batch.
-
-    A tensor is the input; a tuple/list's first item is (``(x, y)`` datasets); a mapping is
-    passed whole as keyword arguments (so an ``attention_mask`` reaches the model), or
-    ``batch[input_key]`` when ``input_key`` is given; ``input_fn(batch)`` overrides all.
-    """
-    if input_fn is not None:
-        return input_fn(batch)
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("the loader yielded an empty tuple/list; pass input_fn=... to build the model input")
-        return batch[0]
-    if isinstance(batch, Mapping):
-        if input_key is not None:
-            if input_key not in batch:
-                raise KeyError(f"input_key {input_key!r} is not in the batch; its keys are {list(batch)}")
-            return batch[input_key]
-        return dict(batch)
-    raise TypeError(
-        f"cannot use a batch of type {type(batch).__name__}: the loader must yield tensors, (input, ...) "
-        "tuples/lists or dicts; pass input_fn=lambda batch: ... to build the model input"
-    )
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return _move(obj, device)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return tuple(_to_device(v, device) for v in obj)
-    if isinstance(obj, list):
-        return [_to_device(v, device) for v in obj]
-    return obj
-
-
-def _model_devices(models: Sequence[SimilarityModel], device: torch.device) -> dict[int, torch.device]:
-    return {id(sm): (sm.device if sm.device is not None else device) for sm in models}
-
-
-class _Placement:
-    """Moves models onto their run device for the computation and back afterwards."""
-
-    def __init__(self, models: Sequence[SimilarityModel], run_device: dict[int, torch.device]) -> None:
-        self.moves: list[tuple[torch.nn.Module, torch.device]] = []
-        seen: set[int] = set()
-        try:
-            for sm in models:
-                if id(sm.model) in seen:
-                    continue
-                seen.add(id(sm.model))
-                where = run_device[id(sm)]
-                current = {p.device for p in sm.model.parameters()} | {b.device for b in sm.model.buffers()}
-                if current and current != {where} and not _same_device(current, where):
-                    if len(current) > 1:
-                        if sm.device is not None:
-                            continue  # placed by the user: it stays put, its inputs go to sm.device
-                        raise ValueError(
-                            f"{sm.model_name} is spread over several devices {sorted(map(str, current))}; "
-                            "simtorch does not move such a model: give it a single device or place it yourself "
-                            "and pass SimilarityModel(..., device=<its input device>)"
-                        )
-                    if next(iter(current)).type == "meta":
-                        raise ValueError(
-                            f"{sm.model_name} has its parameters on the 'meta' device (no data); materialise "
-                            "it first (e.g. model.to_empty(device=...) then load_state_dict, or "
-                            "load_state_dict(..., assign=True))"
-                        )
-                    self.moves.append((sm.model, next(iter(current))))
-                    sm.model.to(where)
-        except BaseException:
-            self.restore()  # a model moved before the failure goes back where it was
-            raise
-
-    def restore(self) -> None:
-        for model, where in self.moves:
-            model.to(where)
-
-
-def _same_device(current: set[torch.device], where: torch.device) -> bool:
-    # 'cuda' and 'cuda:0' name the same device when 0 is the current one
-    if len(current) != 1:
-        return False
-    (d,) = current
-    if d.type != where.type:
-        return False
-    if where.index is None or d.index is None:
-        return True
-    return d.index == where.index
-
-
-class _FiniteGuard:
-    """Raises, naming layer and batch, when an activation held NaN/inf. On CPU it checks
-    each batch; on an accelerator it keeps device-side flags and looks every 64 batches
-    and at the end, so the loop never waits on the device."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.sync_every = 1 if device.type == "cpu" else 64
-        self.pending: list[tuple[int, str, list[str], Tensor]] = []
-
-    def add(self, index: int, sm: SimilarityModel, energy: Tensor) -> None:
-        self.pending.append((index, sm.model_name, sm.layer_names, torch.isfinite(energy)))
-        if len(self.pending) >= self.sync_every:
-            self.flush()
-
-    def flush(self) -> None:
-        for index, name, layers, ok in self.pending:
-            if not bool(ok.all()):
-                bad = [layer for layer, fine in zip(layers, ok.tolist()) if not fine]
-                raise FloatingPointError(
-                    f"{name}: an activation in batch {index} holds NaN or inf (layers {bad}); check the "
-                    "input data and the model (e.g. fp16 overflow), or drop those layers"
-                )
-        self.pending.clear()
+def _run_devices(model_a: SimilarityModel, model_b: SimilarityModel, dev: torch.device) -> dict[int, torch.device]:
+    out = {}
+    for sm in (model_a, model_b):
+        if sm.device is not None:
+            check_available(sm.device, f"{sm.model_name}: SimilarityModel(device=...)")
+        out[id(sm)] = sm.device if sm.device is not None else dev
+    return out
 
 
 def stream(
@@ -331,132 +78,204 @@ def stream(
     metrics: Sequence[Metric],
     device: str | torch.device | None = None,
     *,
-    progress: bool = True,
-    input_key: str | None = None,
-    input_fn: Callable[[Any], Any] | None = None,
-    keep_inputs: bool = False,
-    desc: str | None = None,
-    autocast: torch.dtype | None = None,
-) -> None:
+    options: RunOptions | None = None,
+    report: dict[str, Any] | None = None,
+    **run: Any,
+) -> int:
     """Stream ``loader`` through both models once and feed every metric.
 
-    Models that are the same module run once per batch with both sides' hooks. Hooks,
-    train/eval flags and model placement are restored in ``finally``; the metrics keep the
-    sums of every batch that completed, so a partial result survives an interruption.
+    ``options`` (or the same fields as keywords: ``progress``, ``input_key``,
+    ``input_fn``, ``autocast``, ``desc``, ``state_path``, ``save_every``; see
+    :class:`RunOptions`) say how the pass runs. Models that are the same module run once
+    per batch with both sides' hooks. Hooks, train/eval flags and model placement are
+    restored in ``finally``; the metrics keep the sums of every batch that completed, so a
+    partial result survives an interruption. Returns the number of batches streamed (over
+    every process, resumed ones included). ``report``, when given, receives facts about
+    the pass for the result's settings (``resumed_batches``, ``state_path``).
 
-    ``autocast`` (``torch.bfloat16``/``torch.float16``) runs the forward passes under
-    ``torch.autocast``; the Grams are still computed in float32 and summed in float64.
+    What an interruption leaves:
+
+    * Ctrl-C is held back while the metrics update, so the sums always hold whole batches;
+    * an exception inside a metric's ``update`` leaves that metric's sums torn: the
+      exception's ``simtorch_torn`` lists it, and no partial result is built from it;
+    * a NaN/inf activation found late (on an accelerator the check runs every 64 batches)
+      rolls the metrics back to their copy at the last verified batch, so the bad batch is
+      never in the partial result nor in a saved state.
+
     When ``torch.distributed`` is initialised, each rank streams its own shard and the
-    metrics' sums are all-reduced at the end, so every rank holds the whole-data result.
+    metrics' declared states are all-reduced at the end, so every rank holds the
+    whole-data result. Before that, every rank all-reduces an error flag: a rank that
+    failed says so (with its error) and every other rank raises a ``RuntimeError`` naming
+    it, instead of waiting forever in the all-reduce.
     """
-    device = resolve_device(device, model_a.model)
-    run_device = _model_devices((model_a, model_b), device)
+    if options is None:
+        options = RunOptions(device=device, **run)
+    elif device is not None or run:
+        raise TypeError("pass either options=RunOptions(...) or run options as keywords, not both")
+    peers = Peers(is_distributed())
+    try:
+        return _stream(model_a, model_b, loader, metrics, options, report if report is not None else {}, peers)
+    except BaseException as exc:
+        if peers.on and not peers.exchanged:  # this rank failed: tell the others before raising
+            peers.exchanged = True
+            try:
+                dev = resolve_device(options.device, model_a.model)
+            except BaseException:
+                dev = torch.device("cpu")
+            announce_failure(exc, dev)
+        raise
+
+
+def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable, metrics: Sequence[Metric],
+            options: RunOptions, report: dict[str, Any], peers: Peers) -> int:
+    dist_on = peers.on
+    dev = resolve_device(options.device, model_a.model)
     same = model_a is model_b
     for metric in metrics:
-        metric.bind(model_a, model_b, device)
-        metric.expected_samples = dataset_size(loader)
-    transforms = {id(t): t for t in (m.feature_transform for m in metrics) if t is not None}
-    if len(transforms) > 1:
-        raise ValueError("several metrics of one pass ask for differently transformed features; run them separately")
-    feature_fn = next(iter(transforms.values()), None)
+        metric.bind(Binding(len(model_a.layer_names), len(model_b.layer_names), same, dev, dataset_size(loader)))
+    needs = _needs(metrics)
+    run_device = _run_devices(model_a, model_b, dev)
     # one forward pass per distinct module; several wrappers of it share that pass
     groups: dict[int, list[SimilarityModel]] = {}
     for sm in (model_a,) if same else (model_a, model_b):
         groups.setdefault(id(sm.model), []).append(sm)
 
+    rank, world = rank_world() if dist_on else (0, 1)
+    state, resume_from, saved_captures = open_state(model_a, model_b, loader, metrics, options, rank, world, report)
+    last_captures: Callable[[], CaptureStates] | None = None
+
     iterator: Iterable = loader
-    if progress:
+    if options.progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(loader, desc=desc or "simtorch", unit="batch", leave=False)
+        iterator = tqdm(loader, desc=options.desc or "simtorch", unit="batch", leave=False)
 
-    guard = _FiniteGuard(device)
+    guard = FiniteGuard(dev)
     workspace = Workspace()
-    placement = _Placement((model_a, model_b), run_device)
-    n_batches = 0
+    autocast = options.autocast
+    #: metric states at the last verified batch, when the NaN check is deferred
+    verified = VerifiedStates(guard, metrics)
+
+    placement = Placement((model_a, model_b), run_device)
+    done = resume_from  # loader batches whose contributions are in the metrics' sums
+    current: Metric | None = None
+    verified.take(done)
     try:
-        with ExitStack() as capture, torch.inference_mode():
+        with ExitStack() as stack, torch.inference_mode(), DeferInterrupt() as interrupts:
             # hooks attached (and eval mode set) once for the whole pass; each batch only
-            # resets the sinks the hooks write into
-            sinks: dict[int, _GramSink] = {}
+            # resets the captures the hooks write into
+            captures: dict[int, LayerCapture] = {}
             for members in groups.values():
                 for sm in members:
-                    sinks[id(sm)] = _GramSink(len(sm.layer_names), feature_fn, workspace, autocast is not None)
-                    capture.enter_context(sm.capturing(sinks[id(sm)]))
+                    captures[id(sm)] = LayerCapture(sm, workspace, needs.features, needs.raw_products,
+                                                    autocast is not None)
+                    stack.enter_context(captures[id(sm)].attached())
+            if saved_captures:
+                restore_captures(captures, saved_captures, model_a, model_b)
+
+            if state is not None:
+                last_captures = partial(capture_states, captures, model_a, model_b)
             for index, batch in enumerate(iterator):
-                raw = unpack_batch(batch, input_key, input_fn)
-                n = _batch_size(raw)
-                mask = raw.get("attention_mask") if isinstance(raw, Mapping) else None
+                raw = unpack_batch(batch, options.input_key, options.input_fn)
+                if index == 0:
+                    if state is not None:
+                        state.check_first_batch(batch_hash(raw))
+                    _check_first_batch(needs, raw)
+                if index < resume_from:
+                    continue  # counted by the saved run: the models do not run on it
+                n = batch_size(raw)
                 for members in groups.values():
                     where = run_device[id(members[0])]
-                    inputs = _to_device(raw, where)
-                    m = _move(mask, where) if isinstance(mask, Tensor) else None
+                    inputs = to_device(raw, where)
                     for sm in members:
-                        sinks[id(sm)].reset(n, m)
+                        captures[id(sm)].reset(n, inputs)
                     with torch.autocast(device_type=where.type, dtype=autocast) if autocast is not None else nullcontext():
-                        call_model(members[0].model, inputs)
+                        try:
+                            call_model(members[0].model, inputs)
+                        except RuntimeError as exc:
+                            hint = _reuse_hint(members, captures)
+                            if hint:
+                                raise RuntimeError(f"{exc} {hint}") from exc
+                            raise
                     for sm in members:
-                        sm.check_sink(sinks[id(sm)])
-                ga, ea, fa = _stack(sinks[id(model_a)], device)
-                gb, eb, fb = (ga, ea, fa) if same else _stack(sinks[id(model_b)], device)
-                guard.add(index, model_a, ea)
+                        captures[id(sm)].check()
+                side_a = _stack(captures[id(model_a)], dev)
+                side_b = side_a if same else _stack(captures[id(model_b)], dev)
+                guard.add(index, model_a, side_a[1])
                 if not same:
-                    guard.add(index, model_b, eb)
+                    guard.add(index, model_b, side_b[1])
                 gram_batch = GramBatch(
-                    index=index, n=n, grams_a=ga, energy_a=ea, grams_b=gb, energy_b=eb, same=same,
-                    inputs=_to_device(raw, device) if keep_inputs else None,
-                    features_a=fa, features_b=fb, workspace=workspace,
+                    index=index, n=n, grams_a=side_a[0], energy_a=side_a[1], grams_b=side_b[0],
+                    energy_b=side_b[1], same=same, inputs=to_device(raw, dev) if needs.inputs else None,
+                    features_a=side_a[2], features_b=side_b[2], raw_a=side_a[3], raw_b=side_b[3],
+                    workspace=workspace,
                 )
-                for metric in metrics:
-                    metric.update(gram_batch)
-                n_batches += 1
-        guard.flush()
-        if _distributed():
+                with interrupts.hold():
+                    for metric in metrics:
+                        current = metric
+                        metric.update(gram_batch)
+                    current = None
+                    done = index + 1
+                if verified.due():
+                    verified.verify(done)
+                if state is not None and state.due(done):
+                    state.save(metrics, verified.verify(done), captures=capture_states(captures, model_a, model_b))
+        done = verified.verify(done)
+        if state is not None and done > state.saved_batches:
+            state.save(metrics, done, complete=True, captures=last_captures() if last_captures else None)
+        for metric in metrics:
+            metric.finish()
+        if dist_on:
+            peers.exchanged = True
+            check_peers(dev)
             for metric in metrics:
-                metric.all_reduce()
-            n_batches = _global_count(n_batches, device)
+                all_reduce_states(metric)
+            done = global_count(done, dev)
+    except BaseException as exc:
+        if current is not None:  # the exception came from inside this metric's update
+            exc.simtorch_torn = [*getattr(exc, "simtorch_torn", []), current]  # type: ignore[attr-defined]
+        elif not from_peer(exc):
+            # the sums must hold verified batches only, for the partial result and the state file
+            if hasattr(exc, "simtorch_batches"):
+                done = exc.simtorch_batches  # type: ignore[attr-defined]
+            else:
+                try:
+                    done = verified.verify(done)
+                except FloatingPointError as nan:
+                    done = getattr(nan, "simtorch_batches", done)
+                    exc.simtorch_torn = getattr(nan, "simtorch_torn", [])  # type: ignore[attr-defined]
+                    exc.simtorch_nan = str(nan)  # type: ignore[attr-defined]
+                except BaseException:
+                    pass
+            if state is not None and not getattr(exc, "simtorch_torn", None):
+                save_on_exit(state, metrics, done, last_captures)
+        raise
     finally:
         placement.restore()
-        if progress and hasattr(iterator, "close"):
+        if options.progress and hasattr(iterator, "close"):
             iterator.close()
-    if n_batches == 0:
+    if done == 0:
         raise ValueError("the loader yielded no batches; nothing to compare")
+    return done
 
 
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _global_count(n: int, device: torch.device) -> int:
-    import torch.distributed as dist
-
-    t = torch.tensor([n], dtype=torch.int64, device=device)
-    dist.all_reduce(t)
-    return int(t.item())
+def _reuse_hint(members: Sequence[SimilarityModel], captures: dict[int, LayerCapture]) -> str:
+    """The 0.2.1 note for a module that ran twice (found from the capture's call counts)."""
+    for sm in members:
+        cap = captures.get(id(sm))
+        if cap is None:
+            continue
+        for i, name in enumerate(sm.layer_names):
+            if cap.calls[i] > 1 and sm.call_index(name) is None:
+                return sm.reuse_hint(name)
+    return ""
 
 
-def _stack(sink: _GramSink, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor] | None]:
-    grams = sink.stacked()
-    energy = torch.stack([e for e in sink.energy])  # type: ignore[misc]
-    feats = None if sink.feature_fn is None else [_move(f, device) for f in sink.features]  # type: ignore[arg-type]
-    return _move(grams, device), _move(energy, device), feats
-
-
-def _move(t: Tensor, device: torch.device) -> Tensor:
-    """``t`` on ``device``; asynchronous only towards an accelerator. A non-blocking copy
-    to the host may return before the data has arrived, and the metric would read it at
-    once (and the engine reuses the source buffer for the next batch)."""
-    return t.to(device, non_blocking=device.type != "cpu")
-
-
-def warn_skipped(metric_name: str, skipped: int, skipped_samples: int, min_n: int, reason: str) -> None:
-    """The one wording for batches a metric could not use."""
-    if skipped:
-        warnings.warn(
-            f"{metric_name}: skipped {skipped} batch(es) holding {skipped_samples} sample(s) with fewer than "
-            f"{min_n} samples ({reason}); use a batch size that divides the dataset or drop_last=True",
-            UserWarning,
-            stacklevel=3,
-        )
+def _stack(cap: LayerCapture, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor] | None, Any]:
+    grams = move(cap.stacked(), device)
+    energy = move(torch.stack([e for e in cap.energy]), device)  # type: ignore[misc]
+    feats = None if cap.feature_fn is None else [move(f, device) for f in cap.features]  # type: ignore[arg-type]
+    raw = None
+    if cap.raw_products:
+        raw = tuple(move(torch.stack([r[k] for r in cap.raw]), device) for k in range(4))  # type: ignore[index]
+    return grams, energy, feats, raw

@@ -1,20 +1,22 @@
-"""BaseSimilarity: the simtorch 0.2.1 class interface on top of the streaming engine."""
+"""BaseSimilarity: the simtorch 0.2.1 class interface, generic over one metric class."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
-from ..engine import Metric, stream
+from ..engine import RunOptions
+from ..metrics.base import Metric
 from ..model import SimilarityModel
 from ..result import SimilarityResult
+from ..runner import run_metrics
 
 if TYPE_CHECKING:
+    import torch
     from matplotlib.axes import Axes
 
 __all__ = ["BaseSimilarity"]
@@ -23,8 +25,11 @@ __all__ = ["BaseSimilarity"]
 class BaseSimilarity:
     """Compare every chosen layer of one model with every chosen layer of another.
 
-    Subclasses only say which streaming metric to build (:meth:`_make_metric`); the loop
-    over the data, devices, no-grad, hooks and progress live in :func:`simtorch.engine.stream`.
+    A subclass only names its metric class (``metric_class``) and which of the metric's
+    options may be given positionally after ``device`` (``positional``, for 0.2.1 call
+    forms). Every other keyword is either a run option (:class:`~simtorch.engine.RunOptions`:
+    ``progress``, ``input_key``, ``input_fn``, ``autocast``) or an option of the metric;
+    both are validated here, once, when the object is built.
 
     Parameters
     ----------
@@ -34,51 +39,68 @@ class BaseSimilarity:
     device : str or torch.device, optional
         Where the similarity sums are computed, and where models without their own
         ``SimilarityModel(device=...)`` run. Default: the device of model 1's parameters.
-    progress : bool
-        Show a tqdm bar over batches.
-    input_key : str, optional
-        For loaders yielding dicts: the key of the model input. Without it the whole dict
-        is passed as keyword arguments (``model(**batch)``).
-    input_fn : callable, optional
-        ``input_fn(batch) -> model input``, for any other batch layout.
-    autocast : torch.dtype, optional
-        Run the forward passes under ``torch.autocast`` with this dtype (``torch.bfloat16``
-        or ``torch.float16``). Grams stay float32 and sums float64.
+    progress, input_key, input_fn, autocast, state_path, save_every
+        Run options, see :class:`~simtorch.engine.RunOptions` (``state_path`` makes
+        :meth:`compute` resumable).
     """
 
-    similarity_name = "base"
+    similarity_name: ClassVar[str] = "base"
+    metric_class: ClassVar[type[Metric] | None] = None
+    positional: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
         sim_model1: SimilarityModel,
         sim_model2: SimilarityModel,
-        device: str | torch.device | None = None,
-        *,
-        progress: bool = True,
-        input_key: str | None = None,
-        input_fn: Callable[[Any], Any] | None = None,
-        autocast: torch.dtype | None = None,
+        device: "str | torch.device | None" = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
-        if autocast not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(f"autocast must be torch.bfloat16, torch.float16 or None, got {autocast!r}")
         for i, sm in enumerate((sim_model1, sim_model2), 1):
             if not isinstance(sm, SimilarityModel):
                 raise TypeError(
                     f"sim_model{i} must be a SimilarityModel, got {type(sm).__name__}; wrap it with "
                     "SimilarityModel(model, layers_to_include=[...])"
                 )
+        if self.metric_class is None:
+            raise TypeError(f"{type(self).__name__} names no metric_class")
+        name = type(self).__name__
+        if len(args) > len(self.positional):
+            raise TypeError(f"{name} takes at most {3 + len(self.positional)} positional arguments "
+                            f"(sim_model1, sim_model2, device{''.join(', ' + p for p in self.positional)})")
+        for key, value in zip(self.positional, args):
+            if key in kwargs:
+                raise TypeError(f"{name} got {key!r} both positionally and as a keyword")
+            kwargs[key] = value
+        run, options = RunOptions.split(kwargs)
         self.sim_model1 = sim_model1
         self.sim_model2 = sim_model2
-        self.device = device
-        self.progress = progress
-        self.input_key = input_key
-        self.input_fn = input_fn
-        self.autocast = autocast
+        self.options = RunOptions(device=device, **run)
+        self.metric_options = options
+        try:
+            self.metric = self.metric_class(**options)
+        except TypeError as exc:
+            raise TypeError(f"{name}: {exc}; run options are {list(RunOptions.names())}") from None
         self.sim_matrix: np.ndarray | None = None
         self.result: SimilarityResult | None = None
 
-    def _make_metric(self) -> Metric:
-        raise NotImplementedError("subclasses build their streaming metric here")
+    @property
+    def device(self) -> Any:
+        return self.options.device
+
+    @property
+    def progress(self) -> bool:
+        return self.options.progress
+
+    def __getattr__(self, name: str) -> Any:
+        # the metric's options read as attributes, as in 0.2.1 (``sim.unbiased``)
+        options = self.__dict__.get("metric_options")
+        metric = self.__dict__.get("metric")
+        if metric is not None and not name.startswith("_") and hasattr(metric, name):
+            return getattr(metric, name)
+        if options is not None and name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def compute(self, dataloader: Iterable) -> np.ndarray:
         """Stream ``dataloader`` once through both models and return the ``(L1, L2)`` grid.
@@ -86,26 +108,26 @@ class BaseSimilarity:
         The full :class:`~simtorch.result.SimilarityResult` (standard errors, sample counts,
         settings) is kept as :attr:`result`, the grid also as :attr:`sim_matrix`. If the
         loop is interrupted (an error, Ctrl-C), :attr:`result` holds the estimate from the
-        batches that completed before the exception is re-raised.
+        batches that completed (marked ``settings["partial"] = True``) before the exception
+        is re-raised; ``settings["stopped_by"]`` names the exception. A NaN/inf batch found
+        late on an accelerator is rolled out of the sums before that.
+
+        With ``state_path=...`` (a run option of the constructor, with ``save_every``; see
+        :class:`~simtorch.engine.RunOptions`) the pass saves its sums as it goes, and a
+        later ``compute`` with the same models, options and loader resumes after the
+        batches already counted.
         """
-        metric = self._make_metric()
         self.result = None
+        options = self.options if self.options.desc else RunOptions(**{**vars(self.options), "desc": self.metric.name})
         try:
-            stream(
-                self.sim_model1, self.sim_model2, dataloader, [metric], self.device,
-                progress=self.progress, input_key=self.input_key, input_fn=self.input_fn,
-                keep_inputs=getattr(metric, "needs_inputs", False), desc=metric.name,
-                autocast=self.autocast,
-            )
-        except BaseException:
-            if metric.n_batches_used:
-                try:
-                    self.result = metric.result()
-                    self.sim_matrix = self.result.matrix
-                except Exception:  # the partial result must never mask the real error
-                    pass
+            res = run_metrics(self.sim_model1, self.sim_model2, dataloader, {"m": self.metric}, options)
+        except BaseException as exc:
+            partial = getattr(exc, "simtorch_partial", {}).get("m")
+            if partial is not None:
+                self.result = partial
+                self.sim_matrix = partial.matrix
             raise
-        self.result = metric.result()
+        self.result = res["m"]
         self.sim_matrix = self.result.matrix
         return self.sim_matrix
 
@@ -115,7 +137,7 @@ class BaseSimilarity:
         xlabel: str | None = None,
         ylabel: str | None = None,
         savefig: bool = False,
-        save_path: str | os.PathLike = "../output",
+        save_path: str | os.PathLike | None = None,
         plot_cmap: str = "magma",
         **kwargs: Any,
     ) -> "Axes":
@@ -123,13 +145,25 @@ class BaseSimilarity:
 
         Arguments as in simtorch 0.2.1: with ``savefig=True`` the figure is written to
         ``save_path``, a file path (its suffix, ``.png`` or ``.pdf``, picks the format) or a
-        directory (the file is then named after the title). Extra keyword arguments go to
+        directory (the file is then named after the title). Without ``save_path`` it goes
+        to ``../output`` (0.2.1's default, relative to the working directory), and the
+        path of the file written is printed. Extra keyword arguments go to
         :func:`simtorch.plotting.plot_heatmap` (``annotate``, ``vmin``, ``vmax``, ``ax``…).
         Returns the matplotlib Axes.
         """
         if self.result is None:
             raise RuntimeError("nothing to plot yet: call .compute(dataloader) first")
-        return self.result.plot(
-            title=title, xlabel=xlabel, ylabel=ylabel, cmap=plot_cmap,
-            save_path=Path(save_path) if savefig else None, **kwargs,
+        path = None
+        if savefig:
+            from ..plotting import resolve_save_path
+
+            if title is None:
+                title = f"{self.result.metric}: {self.result.model_a} vs {self.result.model_b}"
+            path = resolve_save_path("../output" if save_path is None else save_path, title)
+        ax = self.result.plot(
+            title=title, xlabel=xlabel, ylabel=ylabel, cmap=plot_cmap, save_path=path, **kwargs,
         )
+        if savefig and save_path is None:
+            print(f"simtorch: figure saved to {path.resolve()} (save_path defaults to '../output', as in "  # type: ignore[union-attr]
+                  "simtorch 0.2.1; pass save_path=... to choose)")
+        return ax
