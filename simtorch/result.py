@@ -4,170 +4,38 @@ Results are durable: :meth:`SimilarityResult.save` writes one NumPy ``.npz`` fil
 arrays plus a JSON header, no pickle, so ``np.load(path, allow_pickle=False)`` reads it and
 loading a file from someone else cannot run code) and :meth:`SimilarityResult.load` gives
 back an equal object; :meth:`SimilarityResult.to_csv` writes the long form that pandas and
-R read directly; :meth:`SimilarityResult.plot` redraws the heatmap without the models.
+R read directly, :meth:`SimilarityResult.to_pandas` / :meth:`SimilarityResult.from_pandas`
+the same long form as a DataFrame; :meth:`SimilarityResult.plot` redraws the heatmap without
+the models. Several results of one pass (one per metric) go into one archive with
+:func:`save_results` and come back with :func:`load_results` (or
+``SimilarityResult.load(path, metric="cka")``). The file format is :mod:`simtorch.record`'s,
+shared with checkpoint comparisons.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
-import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SimilarityResult"]
+from .record import (SET_KIND, RecordMixin, csv_number, read_record_set, require_pandas, write_csv,
+                     write_record_set)
+from .record import file_kind, read_npz, versions as current_versions, write_npz  # noqa: F401  (0.3.0 paths)
 
-#: written into every file's header; ``load`` refuses other kinds and newer versions
-_FORMAT = "simtorch"
-_FORMAT_VERSION = 1
-_HEADER_KEY = "__header__"
+__all__ = ["SimilarityResult", "load_results", "save_results"]
+
 _EXTRA_PREFIX = "extra__"
-
-
-def _versions() -> dict[str, str]:
-    import torch
-
-    from . import __version__
-
-    return {"simtorch": __version__, "torch": torch.__version__, "numpy": np.__version__}
-
-
-# ---------------------------------------------------------------------------- file format
-# JSON keeps only dicts with str keys, lists, str, numbers, bools and None. Tuples are
-# tagged so that settings such as ``(3, 3)`` come back as tuples (exact round trip); numpy
-# scalars become Python numbers. Python's float repr is exact, NaN/inf are written as the
-# (widely accepted) JSON extensions NaN/Infinity.
-_TUPLE_TAG = "__tuple__"
-
-
-def _encode(obj: Any, where: str) -> Any:
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, tuple):
-        return {_TUPLE_TAG: [_encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise TypeError(f"cannot save {where}: key {k!r} is not a string (JSON header); use str keys")
-            out[k] = _encode(v, f"{where}[{k!r}]")
-        return out
-    if type(obj).__module__ == "torch" and type(obj).__name__ in ("dtype", "device"):
-        return str(obj)  # e.g. an autocast dtype among the settings
-    raise TypeError(
-        f"cannot save {where} of type {type(obj).__name__} in the JSON header; settings may hold "
-        "str, numbers, bools, None, lists, tuples and dicts (put arrays into extras)"
-    )
-
-
-def _decode(obj: Any) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v) for v in obj]
-    if isinstance(obj, dict):
-        if set(obj) == {_TUPLE_TAG}:
-            return tuple(_decode(v) for v in obj[_TUPLE_TAG])
-        return {k: _decode(v) for k, v in obj.items()}
-    return obj
-
-
-def _check_array(name: str, value: Any) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype.hasobject:
-        raise TypeError(f"cannot save array {name!r}: dtype object would need pickle; use a numeric array")
-    return arr
-
-
-def write_npz(path: str | os.PathLike, kind: str, header: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write ``arrays`` and a JSON ``header`` into one ``.npz`` file at exactly ``path``.
-
-    The file is written next to its destination and renamed into place, so an interrupted
-    save never leaves a truncated result behind. Returns the path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    head = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "kind": kind, **header}
-    text = json.dumps(_encode(head, "header"), allow_nan=True)
-    payload = {_HEADER_KEY: np.array(text)}
-    for k, v in arrays.items():
-        payload[k] = _check_array(k, v)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def read_npz(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read a file written by :func:`write_npz`: ``(header, arrays)``. Never unpickles.
-
-    Raises ``ValueError`` when the file is not a simtorch file, is of another ``kind``, or
-    comes from a newer simtorch.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such result file: {str(path)!r}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:  # zipfile.BadZipFile, ValueError (a pickled member), OSError, EOFError...
-        raise ValueError(f"{str(path)!r} is not a simtorch result (.npz) file: {exc}") from None
-    if _HEADER_KEY not in arrays:
-        raise ValueError(f"{str(path)!r} is an .npz file but not a simtorch result (no header)")
-    header = _decode(json.loads(str(arrays.pop(_HEADER_KEY))))
-    if header.get("format") != _FORMAT:
-        raise ValueError(f"{str(path)!r} is not a simtorch result file")
-    if int(header.get("format_version", 0)) > _FORMAT_VERSION:
-        raise ValueError(
-            f"{str(path)!r} was written by a newer simtorch (format {header['format_version']}); upgrade simtorch"
-        )
-    if kind is not None and header.get("kind") != kind:
-        raise ValueError(f"{str(path)!r} holds a {header.get('kind')!r} result, not a {kind!r} one")
-    return header, arrays
-
-
-def file_kind(path: str | os.PathLike) -> str:
-    """The ``kind`` recorded in a simtorch ``.npz`` file (``"similarity"``, ``"checkpoints"``)."""
-    return str(read_npz(path)[0].get("kind"))
-
-
-def _csv_number(v: float) -> str:
-    # repr is the shortest string that reads back to the same double; "NaN" is what both
-    # pandas and R's read.csv parse as a missing number
-    v = float(v)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "Inf" if v > 0 else "-Inf"
-    return repr(v)
-
-
-def _arrays_equal(a: Any, b: Any) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.dtype.kind in "fc":
-        return bool(np.array_equal(a, b, equal_nan=True))
-    return bool(np.array_equal(a, b))
+#: the long form's columns (``to_csv``, ``to_pandas``)
+LONG_COLUMNS = ["layer_a", "layer_b", "value", "stderr"]
 
 
 # ---------------------------------------------------------------------------- the result
 @dataclass(eq=False)
-class SimilarityResult:
+class SimilarityResult(RecordMixin):
     """The layer-by-layer grid of one metric, and what it was computed from.
 
     Attributes
@@ -216,7 +84,9 @@ class SimilarityResult:
     n_skipped: int = 0
     skipped_samples: int = 0
     extras: dict[str, np.ndarray] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=_versions)
+    versions: dict[str, str] = field(default_factory=current_versions)
+
+    record_kind = "similarity"
 
     def __post_init__(self) -> None:
         self.matrix = np.asarray(self.matrix, dtype=np.float64)
@@ -236,6 +106,18 @@ class SimilarityResult:
     def shape(self) -> tuple[int, int]:
         return self.matrix.shape  # type: ignore[return-value]
 
+    @property
+    def pvalue(self) -> np.ndarray | None:
+        """Permutation p-value of each cell ``(La, Lb)``, or None when the run drew no null.
+
+        ``(1 + #{k: null_k ≥ observed}) / (1 + K)`` over ``K = settings["permutations"]``
+        within-batch permutations of model B's samples (``permutations=K`` on CKA/dCKA; see
+        :mod:`simtorch.metrics.permutation`); the null grids are ``extras["null"]`` when small.
+        Saved and loaded with the result (it is ``extras["pvalue"]``).
+        """
+        p = self.extras.get("pvalue")
+        return None if p is None else np.asarray(p, dtype=np.float64)
+
     def __repr__(self) -> str:
         return (
             f"SimilarityResult({self.metric}: {self.model_a} [{len(self.layers_a)} layers] vs "
@@ -243,73 +125,115 @@ class SimilarityResult:
             f"n_batches={self.n_batches}, skipped={self.n_skipped})"
         )
 
-    def __eq__(self, other: object) -> bool:
-        """Field-by-field equality; arrays must match exactly (NaN equal to NaN)."""
-        if not isinstance(other, SimilarityResult):
-            return NotImplemented
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if f.name in ("matrix", "stderr"):
-                if not _arrays_equal(a, b):
-                    return False
-            elif f.name == "extras":
-                if list(a) != list(b) or not all(_arrays_equal(a[k], b[k]) for k in a):
-                    return False
-            elif a != b:
-                return False
-        return True
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
-
     # ------------------------------------------------------------------ persistence
-    def _header(self) -> dict[str, Any]:
-        return {
-            "model_a": self.model_a, "model_b": self.model_b, "metric": self.metric,
-            "layers_a": list(self.layers_a), "layers_b": list(self.layers_b),
-            "settings": dict(self.settings), "n_samples": int(self.n_samples),
-            "n_batches": int(self.n_batches), "n_skipped": int(self.n_skipped),
-            "skipped_samples": int(self.skipped_samples), "versions": dict(self.versions),
-            "extras": list(self.extras),
-        }
+    def _record_header(self) -> dict[str, Any]:
+        return {"model_a": self.model_a, "model_b": self.model_b, "metric": self.metric,
+                "layers_a": list(self.layers_a), "layers_b": list(self.layers_b), **self.provenance(),
+                "extras": list(self.extras)}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the result to one ``.npz`` file at ``path`` (the name is used as given).
-
-        The arrays (``matrix``, ``stderr``, every extra) are stored as ``.npy`` members and
-        everything else in a JSON header, so the file needs no pickle:
-        ``np.load(path, allow_pickle=False)`` opens it, and :meth:`load` round-trips it
-        exactly (arrays bit for bit, dtypes included).
-
-        Returns
-        -------
-        pathlib.Path
-            The written file.
-        """
-        arrays = {"matrix": self.matrix, "stderr": self.stderr}
-        arrays.update({_EXTRA_PREFIX + k: v for k, v in self.extras.items()})
-        return write_npz(path, "similarity", self._header(), arrays)
+    def _record_arrays(self) -> dict[str, np.ndarray]:
+        return {"matrix": self.matrix, "stderr": self.stderr,  # type: ignore[dict-item]
+                **{_EXTRA_PREFIX + k: v for k, v in self.extras.items()}}
 
     @classmethod
-    def _from_parts(cls, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> "SimilarityResult":
+    def _from_record(cls, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> "SimilarityResult":
         return cls(
             matrix=arrays["matrix"], stderr=arrays["stderr"],
             layers_a=list(header["layers_a"]), layers_b=list(header["layers_b"]),
             model_a=header["model_a"], model_b=header["model_b"], metric=header["metric"],
-            settings=dict(header.get("settings", {})), n_samples=int(header.get("n_samples", 0)),
-            n_batches=int(header.get("n_batches", 0)), n_skipped=int(header.get("n_skipped", 0)),
-            skipped_samples=int(header.get("skipped_samples", 0)),
             extras={k: arrays[_EXTRA_PREFIX + k] for k in header.get("extras", [])},
-            versions=dict(header.get("versions", {})),
+            **cls.provenance_of(header),
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SimilarityResult":
-        """Read a result written by :meth:`save` (never unpickles anything).
+    def load(cls, path: str | os.PathLike, metric: str | None = None) -> "SimilarityResult":
+        """Read a file written by :meth:`save` (never unpickles anything).
 
-        ``versions`` are those that computed the result, not the current ones.
+        An archive of several results (:func:`save_results`, the command line's ``--save``
+        with several metrics) needs ``metric=`` (its key, e.g. ``"cka"``, or the metric's
+        name) unless it holds one result. ``versions`` are those that computed the result,
+        not the current ones. A file of another kind, or from a newer simtorch, is a
+        ``ValueError``.
         """
-        header, arrays = read_npz(path, "similarity")
-        return cls._from_parts(header, arrays)
+        if file_kind(path) != SET_KIND:
+            res = super().load(path)
+            if metric is not None and metric.lower() != res.metric.lower():
+                raise ValueError(f"{str(path)!r} holds a {res.metric} result, not {metric!r}")
+            return res
+        results = load_results(path)
+        if metric is None:
+            if len(results) == 1:
+                return next(iter(results.values()))
+            raise ValueError(f"{str(path)!r} holds {len(results)} results ({', '.join(results)}); "
+                             f"choose one: SimilarityResult.load(path, metric={next(iter(results))!r}), "
+                             "or load_results(path) for all")
+        for key, res in results.items():
+            if metric.lower() in (key.lower(), res.metric.lower()):
+                return res
+        raise ValueError(f"{str(path)!r} has no {metric!r} result; it holds {', '.join(results)}")
+
+    def _long_rows(self) -> Any:
+        return ((la, lb, float(self.matrix[i, j]), float(self.stderr[i, j]))  # type: ignore[index]
+                for i, la in enumerate(self.layers_a) for j, lb in enumerate(self.layers_b))
+
+    def to_pandas(self) -> Any:
+        """The grid in long form as a ``pandas.DataFrame`` (``pip install pandas``): one row
+        per cell, columns ``layer_a``, ``layer_b``, ``value``, ``stderr``, in the order of
+        :meth:`to_csv` (undefined values are NaN). The metadata (models, metric, settings,
+        counts, versions) is in ``df.attrs["simtorch"]``, which :meth:`from_pandas` reads;
+        ``extras`` are not part of the long form."""
+        pd = require_pandas("SimilarityResult.to_pandas")
+        df = pd.DataFrame(list(self._long_rows()), columns=LONG_COLUMNS)
+        header = self._record_header()
+        header.pop("extras", None)
+        df.attrs["simtorch"] = {"kind": self.record_kind, **header}
+        return df
+
+    @classmethod
+    def from_pandas(cls, df: Any, **meta: Any) -> "SimilarityResult":
+        """A result from a long-form DataFrame (:meth:`to_pandas`, or ``pd.read_csv`` of
+        :meth:`to_csv`): columns ``layer_a``, ``layer_b``, ``value`` and optionally
+        ``stderr``, one row per cell of the full grid.
+
+        Layers keep their order of first appearance. ``meta`` gives the other fields
+        (``model_a``, ``model_b``, ``metric``, ``settings``, ``n_samples``, …); missing ones
+        come from ``df.attrs["simtorch"]`` when the frame has them (a frame from
+        :meth:`to_pandas`), else ``model_a="A"``, ``model_b="B"``, ``metric="CKA"``.
+        A repeated or missing cell is an error.
+        """
+        require_pandas("SimilarityResult.from_pandas")
+        missing = [c for c in ("layer_a", "layer_b", "value") if c not in df.columns]
+        if missing:
+            raise ValueError(f"the frame lacks the columns {missing}; it has {list(df.columns)} (long form: "
+                             "layer_a, layer_b, value, stderr)")
+        layers_a = [str(v) for v in dict.fromkeys(df["layer_a"].astype(str))]
+        layers_b = [str(v) for v in dict.fromkeys(df["layer_b"].astype(str))]
+        ia = {n: i for i, n in enumerate(layers_a)}
+        ib = {n: j for j, n in enumerate(layers_b)}
+        matrix = np.full((len(layers_a), len(layers_b)), np.nan)
+        stderr = np.full_like(matrix, np.nan)
+        seen = np.zeros(matrix.shape, dtype=bool)
+        values = df["value"].to_numpy(dtype=np.float64)
+        errors = df["stderr"].to_numpy(dtype=np.float64) if "stderr" in df.columns else None
+        for r, (a, b) in enumerate(zip(df["layer_a"].astype(str), df["layer_b"].astype(str))):
+            i, j = ia[a], ib[b]
+            if seen[i, j]:
+                raise ValueError(f"the frame has cell ({a!r}, {b!r}) twice; one row per cell (filter it first, "
+                                 "e.g. by metric)")
+            seen[i, j] = True
+            matrix[i, j] = values[r]
+            if errors is not None:
+                stderr[i, j] = errors[r]
+        if not seen.all():
+            raise ValueError(f"the frame lacks {int((~seen).sum())} of the {seen.size} cells of the "
+                             f"{len(layers_a)} × {len(layers_b)} grid; one row per cell")
+        stored = dict(getattr(df, "attrs", {}).get("simtorch", {}) or {})
+        fields_ = {"model_a": "A", "model_b": "B", "metric": "CKA"}
+        kwargs: dict[str, Any] = {k: stored.get(k, v) for k, v in fields_.items()}
+        prov = cls.provenance_of(stored) if stored else {}
+        kwargs.update(prov)
+        kwargs.update(meta)
+        return cls(matrix=matrix, stderr=stderr, layers_a=layers_a, layers_b=layers_b, **kwargs)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write the grid in long form: one row per cell with columns ``layer_a``,
@@ -318,15 +242,9 @@ class SimilarityResult:
         Numbers are written with full precision; undefined values as ``NaN``, which
         ``pandas.read_csv`` and R's ``read.csv`` read as missing. Returns the path.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["layer_a", "layer_b", "value", "stderr"])
-            for i, la in enumerate(self.layers_a):
-                for j, lb in enumerate(self.layers_b):
-                    w.writerow([la, lb, _csv_number(self.matrix[i, j]), _csv_number(self.stderr[i, j])])
-        return path
+        rows = ([la, lb, csv_number(self.matrix[i, j]), csv_number(self.stderr[i, j])]  # type: ignore[index]
+                for i, la in enumerate(self.layers_a) for j, lb in enumerate(self.layers_b))
+        return write_csv(path, ["layer_a", "layer_b", "value", "stderr"], rows)
 
     def plot(self, **kwargs: Any) -> Any:
         """Draw the grid as a heatmap with the layer names on both axes.
@@ -339,3 +257,24 @@ class SimilarityResult:
         from .plotting import plot_result
 
         return plot_result(self, **kwargs)
+
+
+def save_results(results: Mapping[str, SimilarityResult], path: str | os.PathLike) -> Path:
+    """Several results in one ``.npz`` archive at ``path`` (keys such as the metric keys of
+    one :func:`simtorch.compare` pass); the command line's ``simtorch plot`` draws every
+    one of them as a panel. Same no-pickle format as :meth:`SimilarityResult.save`."""
+    for key, res in results.items():
+        if not isinstance(res, SimilarityResult):
+            raise TypeError(f"results[{key!r}] is a {type(res).__name__}, not a SimilarityResult")
+    return write_record_set(path, results)
+
+
+def load_results(path: str | os.PathLike) -> dict[str, SimilarityResult]:
+    """Every result of an archive written by :func:`save_results` (``{key: result}``, in
+    the saved order); a single-result file gives ``{metric key: result}``."""
+    out = {}
+    for key, (kind, header, arrays) in read_record_set(path).items():
+        if kind != SimilarityResult.record_kind:
+            raise ValueError(f"{str(path)!r}: member {key!r} is a {kind!r} result, not a similarity grid")
+        out[key] = SimilarityResult._from_record(header, arrays)
+    return out

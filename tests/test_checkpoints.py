@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +18,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from simtorch import CKA, SimilarityModel, compare_checkpoints
-from simtorch.checkpoints import CheckpointComparison, load_checkpoint, load_state_dict
+from simtorch import CKA, SimilarityModel, SimilarityResult, compare, compare_checkpoints
+from simtorch import checkpoints
+from simtorch.checkpoint_io import load_checkpoint, load_state_dict
+from simtorch.checkpoint_result import CheckpointComparison
 
 LAYERS = ["fc1", "fc2", "relu", "fc3"]
 
@@ -243,8 +246,6 @@ def test_comparison_save_load_csv(tmp_path, comparison):
     assert len(rows.read_text().splitlines()) == 1 + 4 * 4 * 4
     res = comparison.result("100")
     assert res.matrix.shape == (4, 4) and np.array_equal(res.matrix, comparison.grids[1])
-    from simtorch import SimilarityResult
-
     with pytest.raises(ValueError, match="checkpoints"):
         SimilarityResult.load(tmp_path / "c.npz")
 
@@ -268,6 +269,14 @@ def test_comparison_plots(tmp_path, comparison):
 
 
 # ------------------------------------------------------------------ loading
+
+
+def test_checkpoints_module_reexports_loading_and_result():
+    # the 0.3.0 import paths: everything simtorch.checkpoints exported still comes from there
+    assert checkpoints.load_checkpoint is load_checkpoint and checkpoints.load_state_dict is load_state_dict
+    assert checkpoints.CheckpointComparison is CheckpointComparison
+    assert set(checkpoints.__all__) >= {"CheckpointComparison", "compare_checkpoints", "load_checkpoint",
+                                        "load_state_dict"}
 
 
 def test_nested_and_prefixed_state_dicts_load(tmp_path):
@@ -335,7 +344,6 @@ def test_unreadable_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("metric", ["dcka", "ii"])
 def test_other_metrics_match_simtorch_compare(metric):
-    compare = pytest.importorskip("simtorch.compare").compare
     sds = {s: mlp(s).state_dict() for s in (0, 1, 2)}
     cmp = compare_checkpoints(mlp, sds, data(), metric=metric, layers=LAYERS, progress=False)
     ref = mlp()
@@ -347,3 +355,97 @@ def test_other_metrics_match_simtorch_compare(metric):
         assert cmp.metric == want.metric and cmp.settings == want.settings
         np.testing.assert_allclose(cmp.grids[k], want.matrix, rtol=0, atol=1e-10)
         np.testing.assert_allclose(cmp.grids_stderr[k], want.stderr, rtol=0, atol=1e-10)
+
+
+# ------------------------------------------------------------------ interrupted (Ctrl-C)
+class Interrupting:
+    """Iterates ``loader``; in pass ``at_pass`` (counting from 0) raises KeyboardInterrupt
+    before batch ``at_batch``, as Ctrl-C would."""
+
+    def __init__(self, loader, at_pass: int, at_batch: int) -> None:
+        self.loader, self.at_pass, self.at_batch, self.passes = loader, at_pass, at_batch, 0
+
+    def __iter__(self):
+        this, self.passes = self.passes, self.passes + 1
+        for i, batch in enumerate(self.loader):
+            if this == self.at_pass and i == self.at_batch:
+                raise KeyboardInterrupt
+            yield batch
+
+
+def test_interrupted_comparison_keeps_the_checkpoints_finished_so_far(tmp_path):
+    sds = {10 * s: sd for s, sd in enumerate(trained_like(4))}  # steps 0, 10, 20, 30; reference 30
+    loader = data(n=64, batch_size=16)  # 4 batches
+    full = compare_checkpoints(counting_mlp, sds, loader, layers=LAYERS, progress=False, checkpoints_per_pass=2)
+
+    # one pass, Ctrl-C after 2 of 4 batches: every checkpoint, over the 2 completed batches
+    with pytest.raises(KeyboardInterrupt) as info:
+        compare_checkpoints(counting_mlp, sds, Interrupting(loader, 0, 2), layers=LAYERS, progress=False)
+    part = info.value.simtorch_partial
+    assert isinstance(part, CheckpointComparison) and part.partial and "PARTIAL" in repr(part)
+    assert part.layers == LAYERS  # the user's layer names, not the container's m1.fc1
+    assert part.labels == ["0", "10", "20", "30"] and part.steps == [0, 10, 20, 30] and part.reference == "30"
+    assert part.n_batches == 2 and part.n_samples == 32
+    assert part.settings["partial"] is True and part.settings["stopped_by"] == "KeyboardInterrupt"
+    assert part.settings["missing_checkpoints"] == [] and part.settings["unbiased"] is True
+    first_two = compare_checkpoints(counting_mlp, sds, data(n=32, batch_size=16), layers=LAYERS, progress=False)
+    np.testing.assert_allclose(part.grids, first_two.grids, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(part.grids_stderr, first_two.grids_stderr, rtol=0, atol=1e-12)
+
+    # two passes, Ctrl-C in the second: the first pass's checkpoints (and the reference),
+    # over the whole loader; the interrupted pass's checkpoint is left out and named
+    with pytest.raises(KeyboardInterrupt) as info:
+        compare_checkpoints(counting_mlp, sds, Interrupting(loader, 1, 2), layers=LAYERS, progress=False,
+                            checkpoints_per_pass=2)
+    part = info.value.simtorch_partial
+    assert part.partial and part.labels == ["0", "10", "30"] and part.steps == [0, 10, 30]
+    assert part.settings["missing_checkpoints"] == ["20"] and part.n_batches == 4
+    assert part.settings["passes_completed"] == 1 and part.settings["passes"] == 2
+    np.testing.assert_allclose(part.grids, full.grids[[0, 1, 3]], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(part.values, full.values[[0, 1, 3]], rtol=0, atol=1e-12)
+    # saved and loaded, it stays marked partial
+    assert CheckpointComparison.load(part.save(tmp_path / "p.npz")).partial
+
+    # Ctrl-C before the first batch: nothing to keep
+    with pytest.raises(KeyboardInterrupt) as info:
+        compare_checkpoints(counting_mlp, sds, Interrupting(loader, 0, 0), layers=LAYERS, progress=False)
+    assert info.value.simtorch_partial is None
+
+
+def test_cli_interrupted_checkpoints_writes_the_partial_comparison(tmp_path, capsys, monkeypatch):
+    import simtorch.cli.commands as commands
+    from simtorch.cli import main
+
+    paths = []
+    for step in (10, 20, 30):
+        paths.append(str(tmp_path / f"step={step}.pt"))
+        torch.save(mlp(step).state_dict(), paths[-1])
+    x = torch.randn(32, 20, generator=torch.Generator().manual_seed(0))
+
+    def interrupted(args, tokenizer=None):
+        def batches():
+            for i in range(4):
+                if i == 2:
+                    raise KeyboardInterrupt  # Ctrl-C after 2 of 4 batches
+                yield x[8 * i:8 * (i + 1)]
+
+        return batches()
+
+    monkeypatch.setattr(commands, "make_loader", interrupted)
+    out = {k: str(tmp_path / f"c.{k}") for k in ("npz", "csv", "png")}
+    argv = ["checkpoints", *paths, "--arch", f"{__name__}:mlp", "--layers", "fc1,fc2,fc3", "--quiet", "--device",
+            "cpu", "--save", out["npz"], "--csv", out["csv"], "--out", out["png"]]
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert "interrupted: writing the partial comparison of 3 checkpoints (2 batches; 0 not compared)" in captured.err
+    assert "simtorch: interrupted" in captured.err and captured.out.count("PARTIAL") == 3
+    cmp = CheckpointComparison.load(out["npz"])
+    assert cmp.partial and cmp.n_batches == 2 and cmp.n_samples == 16
+    assert cmp.labels == ["step=10", "step=20", "step=30"] and cmp.layers == ["fc1", "fc2", "fc3"]
+    assert len(Path(out["csv"]).read_text().splitlines()) == 1 + 3 * 3
+    assert Path(out["png"]).read_bytes()[:4] == b"\x89PNG"
+    # interrupted before any batch: nothing written, still 130
+    monkeypatch.setattr(commands, "make_loader", lambda args, tokenizer=None: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main([*argv[:-6], "--save", str(tmp_path / "none.npz")]) == 130
+    assert not (tmp_path / "none.npz").exists()
+    assert "nothing to write" in capsys.readouterr().err

@@ -15,7 +15,8 @@ import torch
 import torchvision
 
 from simtorch import SimilarityResult
-from simtorch.checkpoints import CheckpointComparison
+from simtorch.checkpoint_result import CheckpointComparison
+from simtorch.result import load_results
 from simtorch.cli import build_model, build_parser, default_layers, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,9 +230,6 @@ def test_help_explains_every_option():
 
 
 def test_several_metrics_in_one_pass(tmp_path):
-    pytest.importorskip("simtorch.compare")
-    pytest.importorskip("simtorch.similarity.dcka")
-    pytest.importorskip("simtorch.similarity.information_imbalance")
     argv = ["compare", TINY_ARCH, TINY_ARCH, "--metric", "cka,dcka", "ii", *TINY,
             "--save", str(tmp_path / "r.npz"), "--out", str(tmp_path / "g.png")]
     assert main(argv) == 0
@@ -246,3 +244,297 @@ def test_several_metrics_in_one_pass(tmp_path):
                             "--save", str(tmp_path / "u.npz")]) == 0
     assert SimilarityResult.load(tmp_path / "u.npz").settings["unbiased"] is True
     assert (tmp_path / "g.png").read_bytes()[:8] == PNG
+
+
+# ------------------------------------------------------------------ options that cannot eat positionals
+def test_list_options_do_not_swallow_the_model_names(tmp_path, capsys):
+    # issue 14: `--layers-a X resnet18 resnet34` took the model names as layers
+    assert main(["compare", "--layers-a", "conv1", TINY_ARCH, TINY_ARCH, *TINY, "--save", str(tmp_path / "a.npz")]) == 0
+    res = SimilarityResult.load(tmp_path / "a.npz")
+    assert res.layers_a == res.layers_b == ["conv1"]  # same architecture: A's layers for B too
+    # several patterns: repeat the flag or separate them with commas
+    assert main(["compare", "--layers-a", "conv1,relu", "--layers-a", "fc", "--layers-b", "fc", TINY_ARCH, TINY_ARCH,
+                 *TINY, "--save", str(tmp_path / "b.npz")]) == 0
+    res = SimilarityResult.load(tmp_path / "b.npz")
+    assert res.layers_a == ["conv1", "relu", "fc"] and res.layers_b == ["fc"]
+    # --metric before the models takes only metric names
+    assert main(["compare", "--metric", "cka", "dcka", TINY_ARCH, TINY_ARCH, *TINY,
+                 "--save", str(tmp_path / "m.npz")]) == 0
+    assert [r.metric for r in load_results(tmp_path / "m.npz").values()] == ["CKA", "dCKA"]
+    assert main(["layers", "--select", "layer1.0.conv?", "resnet18"]) == 0
+    assert capsys.readouterr().out.split()[-2:] == ["layer1.0.conv1", "layer1.0.conv2"]
+    # the old multi-value form is a usage error that says how to write it
+    with pytest.raises(SystemExit) as info:
+        main(["compare", "--layers-a", "conv1", "relu", TINY_ARCH, TINY_ARCH, *TINY])
+    assert info.value.code == 2
+    assert "take one value per flag" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --save with several metrics
+def test_save_then_plot_chain_of_the_readme(tmp_path, capsys):
+    # README: `simtorch compare ... --metric cka dcka ii --save result.npz` then `simtorch plot result.npz`
+    assert main(["compare", TINY_ARCH, TINY_ARCH, "--metric", "cka", "dcka", "ii", *TINY,
+                 "--save", str(tmp_path / "result.npz")]) == 0
+    results = load_results(tmp_path / "result.npz")
+    assert list(results) == ["cka", "dcka", "ii"] and [r.metric for r in results.values()] == ["CKA", "dCKA", "II"]
+    for key in results:  # and each metric alone, loadable as before
+        alone = SimilarityResult.load(tmp_path / f"result_{key}.npz")
+        assert alone == results[key]
+    assert SimilarityResult.load(tmp_path / "result.npz", metric="dcka") == results["dcka"]
+    with pytest.raises(ValueError, match="holds 3 results"):
+        SimilarityResult.load(tmp_path / "result.npz")
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "result.npz"), "--out", str(tmp_path / "all.png")]) == 0
+    assert (tmp_path / "all.png").read_bytes()[:8] == PNG
+    assert main(["plot", str(tmp_path / "result.npz"), "--metric", "ii", "--out", str(tmp_path / "ii.png")]) == 0
+    assert main(["plot", str(tmp_path / "result.npz"), "--metric", "cka,dcka", "--out", str(tmp_path / "2.png")]) == 0
+    assert (tmp_path / "ii.png").read_bytes()[:8] == PNG and (tmp_path / "2.png").read_bytes()[:8] == PNG
+    assert main(["plot", str(tmp_path / "result.npz"), "--metric", "rsa"]) == 1
+    assert "has no 'rsa' result; it holds cka, dcka, ii" in one_line_error(capsys)
+    # a single-metric file still plots as before
+    assert main(["plot", str(tmp_path / "result_cka.npz"), "--out", str(tmp_path / "one.png")]) == 0
+
+
+# ------------------------------------------------------------------ Ctrl-C keeps the completed batches
+def test_interrupted_compare_writes_partial_results(tmp_path, capsys, monkeypatch):
+    import simtorch.cli.commands as commands
+
+    def interrupted(args, tokenizer=None):
+        x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+        def batches():
+            for i in range(0, 40, 8):
+                if i == 3 * 8:
+                    raise KeyboardInterrupt  # Ctrl-C after 3 of 5 batches
+                yield x[i:i + 8]
+
+        return batches()
+
+    monkeypatch.setattr(commands, "make_loader", interrupted)
+    argv = ["compare", TINY_ARCH, TINY_ARCH, "--metric", "cka,ii", *TINY, "--save", str(tmp_path / "r.npz"),
+            "--csv", str(tmp_path / "r.csv"), "--out", str(tmp_path / "r.png")]
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert "interrupted after 3 batches (24 samples): writing the partial results" in captured.err
+    assert "PARTIAL" in captured.out and "simtorch: interrupted" in captured.err
+    results = load_results(tmp_path / "r.npz")
+    assert list(results) == ["cka", "ii"]
+    for key, res in results.items():
+        assert res.settings["partial"] is True and res.n_batches == 3 and res.n_samples == 24
+        assert SimilarityResult.load(tmp_path / f"r_{key}.npz").settings["partial"] is True
+        assert len((tmp_path / f"r_{key}.csv").read_text().splitlines()) == 1 + 25
+    assert (tmp_path / "r.png").read_bytes()[:8] == PNG
+    # interrupted before any batch: nothing to write, still 130
+    monkeypatch.setattr(commands, "make_loader", lambda args, tokenizer=None: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["compare", TINY_ARCH, TINY_ARCH, *TINY, "--save", str(tmp_path / "none.npz")]) == 130
+    assert not (tmp_path / "none.npz").exists()
+
+
+# ------------------------------------------------------------------ timm and Hugging Face models
+def test_timm_models(tmp_path, capsys):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(5)
+    weights = tmp_path / "t.pt"
+    torch.save(timm.create_model("test_resnet", num_classes=4).state_dict(), weights)
+    argv = ["compare", "timm:test_resnet", "timm:test_resnet", "--num-classes-a", "4", "--num-classes-b", "4",
+            "--weights-b", str(weights), "--weights-a", str(weights), *TINY, "--save", str(tmp_path / "t.npz")]
+    assert main(argv) == 0
+    res = SimilarityResult.load(tmp_path / "t.npz")
+    np.testing.assert_allclose(np.diag(res.matrix), 1.0, atol=1e-5)  # both load the same file
+    assert main(["compare", "timm:test_resnet", "timm:test_resnet", *TINY]) == 0  # random init, seeds 0 and 1
+    assert main(["compare", "timm:no_such_net", "resnet18", *TINY]) == 1
+    assert "unknown timm model 'no_such_net'" in one_line_error(capsys)
+
+
+def test_missing_extras_are_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    assert main(["compare", "timm:resnet18", "resnet18", *TINY]) == 1
+    assert "timm: models need the timm package: pip install timm" in one_line_error(capsys)
+    assert main(["layers", "hf:/nowhere"]) == 1
+    assert "hf: models need the transformers package: pip install transformers" in one_line_error(capsys)
+
+
+def _tiny_bert_dir(path: Path) -> Path:
+    transformers = pytest.importorskip("transformers")
+    words = "the a cat dog sat on mat ran fast slow big small red blue green tree house".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
+    if tok("the cat")["input_ids"][1] == 1:  # older transformers read the file, not the dict
+        tok = transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    assert tok("the cat")["input_ids"][1:3] == [5, 7]
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32,
+                                  initializer_range=0.5)  # layers that differ visibly
+    out = path / "bert"
+    torch.manual_seed(0)
+    transformers.BertModel(cfg).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_hf_text_models(tmp_path, capsys):
+    bert = _tiny_bert_dir(tmp_path)
+    rng = np.random.default_rng(0)
+    words = "the a cat dog sat on mat ran fast slow big small red blue green tree house".split()
+    lines = [" ".join(rng.choice(words, size=rng.integers(2, 9))) for _ in range(24)]
+    (tmp_path / "text.txt").write_text("\n".join(lines) + "\n")
+    argv = ["compare", f"hf:{bert}", f"hf:{bert}", "--data", f"text:{tmp_path / 'text.txt'}", "--n", "24",
+            "--batch-size", "8", "--quiet", "--device", "cpu", "--save", str(tmp_path / "h.npz")]
+    assert main(argv) == 0, capsys.readouterr().err
+    res = SimilarityResult.load(tmp_path / "h.npz")
+    assert res.layers_a == ["embeddings", "encoder.layer.0", "encoder.layer.1"] and res.n_samples == 24
+    np.testing.assert_allclose(np.diag(res.matrix), 1.0, atol=1e-5)  # the same weights on both sides
+    assert np.all(np.isfinite(res.matrix)) and res.matrix.min() < 0.99  # real, distinct layers
+    # the same grid by hand: masked mean over the tokens, the directory's tokenizer
+    import transformers
+
+    from simtorch import CKA, SimilarityModel
+    from simtorch.data import text_dataset
+
+    model = transformers.AutoModel.from_pretrained(str(bert)).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(bert))
+    loader = torch.utils.data.DataLoader(text_dataset(tmp_path / "text.txt", tok), batch_size=8)
+    sm = SimilarityModel(model, "bert", ["embeddings", "encoder.layer.*"], sequence="mean")
+    cka = CKA(sm, sm)
+    cka.compute(loader)
+    np.testing.assert_allclose(res.matrix, cka.result.matrix, atol=1e-6)
+    capsys.readouterr()
+    # image data for a text model, text data for an image model: one line each
+    assert main(["compare", f"hf:{bert}", f"hf:{bert}", *TINY]) == 1
+    assert "is a text model: pass --data text:FILE" in one_line_error(capsys)
+    assert main(["compare", TINY_ARCH, TINY_ARCH, "--data", f"text:{tmp_path / 'text.txt'}", *TINY]) == 1
+    assert "text data needs an hf:DIR model" in one_line_error(capsys)
+    assert main(["compare", f"hf:{tmp_path}", f"hf:{tmp_path}", "--data", f"text:{tmp_path / 'text.txt'}",
+                 *TINY]) == 1
+    assert "hf: takes a local save_pretrained directory (with config.json)" in one_line_error(capsys)
+    # `simtorch layers` marks the transformer blocks
+    assert main(["layers", f"hf:{bert}", "--default"]) == 0
+    assert capsys.readouterr().out.split() == ["embeddings", "encoder.layer.0", "encoder.layer.1"]
+
+
+def text_model() -> torch.nn.Module:
+    """A model that unpacks (batch, tokens): given images it fails the way BERT does."""
+
+    class Text(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            batch, tokens = ids.shape
+            return self.emb(ids.long().clamp(0, 9))
+
+    return Text()
+
+
+def test_text_model_on_images_is_explained(capsys):
+    arch = f"{__name__}:text_model"
+    assert main(["compare", arch, arch, *TINY, "--layers-a", "emb"]) == 1
+    err = one_line_error(capsys)
+    assert "is it a text model? Use hf:DIR with --data text:FILE" in err and "too many values to unpack" in err
+
+
+# ------------------------------------------------------------------ which option reaches which metric
+def test_kernel_options_reach_only_the_metrics_they_belong_to(tmp_path, capsys):
+    import inspect
+
+    from simtorch.cli.options import METRIC_FLAGS
+    from simtorch.metrics import metric_class
+
+    # every declared mapping names a real parameter of its metric
+    for flag in METRIC_FLAGS:
+        for key, param in flag.params.items():
+            assert param in inspect.signature(metric_class(key)).parameters, (flag.flag, key, param)
+    few = [*TINY, "--n", "32", "--batch-size", "16"]  # CKNNA's k=10 neighbours need ≥ 11 samples a batch
+    # --kernel (default linear) is CKA's kernel: CKNNA keeps its own cosine kernel
+    assert main(["compare", TINY_ARCH, TINY_ARCH, "--metric", "cknna", *few, "--save", str(tmp_path / "k.npz")]) == 0
+    assert SimilarityResult.load(tmp_path / "k.npz").settings["kernel"] == "cosine"
+    # --kernel rbf --sigma-frac 0.5 with CKA and CKNNA: CKA is RBF, CKNNA still cosine
+    assert main(["compare", TINY_ARCH, TINY_ARCH, "--metric", "cka,cknna", "--kernel", "rbf", "--sigma-frac", "0.5",
+                 *few, "--save", str(tmp_path / "r.npz")]) == 0
+    got = load_results(tmp_path / "r.npz")
+    assert got["cka"].settings["kernel"] == "rbf" and got["cka"].settings["sigma_frac"] == 0.5
+    assert got["cknna"].settings["kernel"] == "cosine"
+    # CKNNA's own kernel has its own option; --estimator reaches CKNNA's unbiased
+    assert main(["compare", TINY_ARCH, TINY_ARCH, "--metric", "cknna", "--cknna-kernel", "linear", "--estimator",
+                 "biased", *few, "--save", str(tmp_path / "l.npz")]) == 0
+    s = SimilarityResult.load(tmp_path / "l.npz").settings
+    assert s["kernel"] == "linear" and s["unbiased"] is False
+    # an option that reaches none of the chosen metrics is an error, not a silent no-op
+    capsys.readouterr()
+    assert main(["compare", TINY_ARCH, TINY_ARCH, "--metric", "cknna", "--kernel", "rbf", *few]) == 1
+    err = one_line_error(capsys)
+    assert "--kernel applies to --metric cka, not to cknna" in err and "--cknna-kernel" in err
+    assert main(["compare", TINY_ARCH, TINY_ARCH, "--metric", "ii", "--estimator", "biased", *few]) == 1
+    assert "--estimator applies to --metric cka, dcka, cknna, not to ii" in one_line_error(capsys)
+
+
+# ------------------------------------------------------------------ resumable runs (--resume)
+class CountingCNN(torch.nn.Sequential):
+    calls = 0
+
+    def forward(self, x):
+        CountingCNN.calls += 1
+        return super().forward(x)
+
+
+def counting_cnn(num_classes: int = 10) -> torch.nn.Module:
+    return CountingCNN(OrderedDict(tiny_cnn(num_classes).named_children()))
+
+
+def test_resume_continues_an_interrupted_compare(tmp_path, capsys, monkeypatch):
+    import simtorch.cli.commands as commands
+
+    x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    stop = {"at": 2}
+
+    def loader(args, tokenizer=None):
+        def batches():
+            for i in range(4):
+                if i == stop["at"]:
+                    raise KeyboardInterrupt  # Ctrl-C after 2 of 4 batches
+                yield x[8 * i:8 * (i + 1)]
+
+        return batches()
+
+    monkeypatch.setattr(commands, "make_loader", loader)
+    arch = f"{__name__}:counting_cnn"
+    state = tmp_path / "state.npz"
+    base = ["compare", arch, arch, "--metric", "cka,ii", *TINY]
+    argv = [*base, "--resume", str(state), "--save-every", "1", "--save", str(tmp_path / "r.npz")]
+
+    CountingCNN.calls = 0
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert CountingCNN.calls == 2 * 2  # two models, two batches
+    assert f"the run's state is saved in {state}: the same command continues it" in captured.err
+    assert state.is_file()
+    partial = load_results(tmp_path / "r.npz")
+    assert all(r.settings["partial"] is True and r.n_batches == 2 for r in partial.values())
+
+    stop["at"] = None  # the same command again: it completes
+    CountingCNN.calls = 0
+    assert main(argv) == 0
+    assert CountingCNN.calls == 2 * 2  # only on the 2 remaining batches
+    assert "resumed from" in capsys.readouterr().out
+    resumed = load_results(tmp_path / "r.npz")
+
+    CountingCNN.calls = 0  # an uninterrupted run, without a state file
+    assert main([*base, "--save", str(tmp_path / "u.npz")]) == 0
+    assert CountingCNN.calls == 2 * 4
+    whole = load_results(tmp_path / "u.npz")
+    for key in ("cka", "ii"):
+        r, w = resumed[key], whole[key]
+        assert "partial" not in r.settings and r.settings["resumed_batches"] == 2
+        assert r.n_batches == w.n_batches == 4 and r.n_samples == w.n_samples == 32
+        np.testing.assert_allclose(r.matrix, w.matrix, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(r.stderr, w.stderr, rtol=0, atol=1e-12)
+
+    # --save-every needs --resume; a bad interval is one line
+    assert main([*base, "--save-every", "10"]) == 1
+    assert "--save-every 10: it says how often the run's state is saved, which needs --resume PATH" in \
+        one_line_error(capsys)
+    assert main([*base, "--resume", str(tmp_path / "s2.npz"), "--save-every", "soon"]) == 1
+    assert "--save-every 'soon': give a number of batches (100) or an interval (30s, 5m, 1h)" in one_line_error(capsys)
