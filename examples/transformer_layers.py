@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from simtorch import CKA, SimilarityModel, SimilarityResult
 from simtorch.data import digits_dataset
-from simtorch.plotting import _pyplot, plot_result
+from simtorch.plotting import plot_result, pyplot
 
 D_MODEL, N_LAYERS = 64, 4
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:<28} {v:.3f} ± {e:.3f}")
     compared = time.perf_counter()
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.0), dpi=100)
     titles = {"mean": 'sequence="mean": tokens averaged', "flatten": 'sequence="flatten": every token kept'}
     for ax, (sequence, res) in zip(axes, results.items()):
