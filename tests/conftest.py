@@ -1,7 +1,13 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures (plain model and data helpers live in tests/models.py)."""
+
+import os
+import sys
 
 import pytest
 import torch
+
+# tests/models.py and tests/reference.py import as top-level modules under any import mode
+sys.path.insert(0, os.path.dirname(__file__))
 
 
 @pytest.fixture(scope="module")
@@ -12,3 +18,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def plt():
+    """``matplotlib.pyplot`` on the headless Agg backend; every figure is closed after the test."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    yield pyplot
+    pyplot.close("all")

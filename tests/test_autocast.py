@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from models import conv, images
 from simtorch import CKA, SimilarityModel
-from simtorch.engine import GramBatch, Metric, stream
-from models import conv, images  # noqa: E402
+from simtorch.engine import GramBatch, stream
+from simtorch.metrics import Computed, Metric
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see conftest.py
 
 LAYERS = ["conv1", "relu", "conv2", "pool", "fc"]
 
@@ -42,6 +45,8 @@ def test_bf16_self_similarity_is_one():
 
 
 class Recorder(Metric):
+    """Records what the engine hands a metric: the Gram stacks' dtypes (and device)."""
+
     name = "recorder"
 
     def __init__(self) -> None:
@@ -50,8 +55,8 @@ class Recorder(Metric):
     def update(self, batch: GramBatch) -> None:
         self.seen.append((batch.grams_a.dtype, batch.grams_b.dtype, batch.energy_a.dtype))
 
-    def result(self):
-        return None
+    def compute(self) -> Computed:
+        return Computed(torch.zeros(self.binding.layers_a, self.binding.layers_b))
 
 
 def test_grams_are_float32_while_activations_are_bf16():

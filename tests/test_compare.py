@@ -2,43 +2,25 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 import simtorch
+from models import conv_net, image_mlp, loader, structured_pixels
 from simtorch import CKA, DeltaCKA, InformationImbalance, SimilarityModel
-from simtorch.similarity.cka import CKAMetric
+from simtorch.metrics import CKAMetric
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see conftest.py
 
 LAYERS_A = ["conv1", "relu1", "conv2", "fc"]
 LAYERS_B = ["fc1", "fc2", "fc3"]
 
 
-def conv_net(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(3, 4, 3, padding=1), relu1=nn.ReLU(), conv2=nn.Conv2d(4, 6, 3, stride=2),
-        flat=nn.Flatten(), fc=nn.Linear(54, 10),
-    ))
-
-
-def mlp(seed: int = 1) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict(
-        flat=nn.Flatten(), fc1=nn.Linear(192, 32), relu1=nn.ReLU(), fc2=nn.Linear(32, 16), tanh=nn.Tanh(),
-        fc3=nn.Linear(16, 8),
-    ))
-
-
-def loader(n: int = 64, bs: int = 16, seed: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(n, 4, generator=g) @ torch.randn(4, 192, generator=g)  # inputs with structure
-    x = (base + torch.randn(n, 192, generator=g)).reshape(n, 3, 8, 8)
-    return DataLoader(TensorDataset(x, torch.zeros(n)), batch_size=bs, shuffle=False)
+def data_loader(n: int = 64, bs: int = 16, seed: int = 0):
+    """Inputs with structure (a rank-4 signal plus noise), unshuffled."""
+    return loader(structured_pixels(n, seed), bs)
 
 
 class CountForward:
@@ -61,10 +43,10 @@ def same(r1, r2) -> None:
 
 
 def test_one_pass_equals_each_metric_alone():
-    A, B = conv_net(0), mlp(1)
+    A, B = conv_net(0), image_mlp(1)
     a = SimilarityModel(A, "A", LAYERS_A, device="cpu")
     b = SimilarityModel(B, "B", LAYERS_B, device="cpu")
-    dl = loader(70, 16)  # last batch of 6
+    dl = data_loader(70, 16)  # last batch of 6
     fa, fb = CountForward(A), CountForward(B)
     res = simtorch.compare(a, b, dl, progress=False)
     assert list(res) == ["cka", "dcka", "ii"]
@@ -83,8 +65,8 @@ def test_one_pass_equals_each_metric_alone():
 
 
 def test_plain_modules_with_layer_lists_and_options():
-    A, B = conv_net(2), mlp(3)
-    dl = loader(48, 16, seed=1)
+    A, B = conv_net(2), image_mlp(3)
+    dl = data_loader(48, 16, seed=1)
     res = simtorch.compare(
         A, B, dl, metrics=("cka", "dcka", "ii"), layers_a=["conv*", "fc"], layers_b=["fc?"],
         name_a="Conv", name_b="MLP", progress=False,
@@ -108,8 +90,8 @@ def test_plain_modules_with_layer_lists_and_options():
 
 
 def test_metric_instances_and_mapping_keys():
-    A, B = conv_net(4), mlp(5)
-    dl = loader(32, 16, seed=2)
+    A, B = conv_net(4), image_mlp(5)
+    dl = data_loader(32, 16, seed=2)
     res = simtorch.compare(A, B, dl, metrics={"linear": "cka", "rbf": CKAMetric(kernel="rbf")},
                            layers_a=LAYERS_A, layers_b=LAYERS_B, progress=False)
     assert set(res) == {"linear", "rbf"}
@@ -122,7 +104,7 @@ def test_metric_instances_and_mapping_keys():
 def test_model_against_itself_runs_one_forward_per_batch():
     A = conv_net(6)
     counter = CountForward(A)
-    dl = loader(48, 16, seed=3)
+    dl = data_loader(48, 16, seed=3)
     res = simtorch.compare(A, A, dl, layers_a=LAYERS_A, progress=False, metrics=("cka", "ii"))
     assert counter.calls == 3
     np.testing.assert_allclose(np.diag(res["cka"].matrix), 1.0, atol=1e-9)
@@ -143,15 +125,15 @@ def test_errors_name_the_bad_value(kwargs, exc, match):
     args = dict(layers_a=LAYERS_A, layers_b=LAYERS_B, progress=False)
     args.update(kwargs)
     with pytest.raises(exc, match=match):
-        simtorch.compare(conv_net(0), mlp(1), loader(16, 8), **args)
+        simtorch.compare(conv_net(0), image_mlp(1), data_loader(16, 8), **args)
 
 
 def test_similarity_model_with_layers_is_ambiguous():
     a = SimilarityModel(conv_net(0), "A", LAYERS_A)
     with pytest.raises(ValueError, match="already a SimilarityModel"):
-        simtorch.compare(a, mlp(1), loader(16, 8), layers_a=["fc"], layers_b=LAYERS_B, progress=False)
+        simtorch.compare(a, image_mlp(1), data_loader(16, 8), layers_a=["fc"], layers_b=LAYERS_B, progress=False)
     with pytest.raises(TypeError, match="SimilarityModel or a torch.nn.Module"):
-        simtorch.compare(a, "mlp", loader(16, 8), progress=False)
+        simtorch.compare(a, "mlp", data_loader(16, 8), progress=False)
 
 
 def test_torchvision_resnet_end_to_end():
@@ -159,7 +141,7 @@ def test_torchvision_resnet_end_to_end():
     torch.manual_seed(0)
     r18 = torchvision.models.resnet18(num_classes=10)
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    dl = DataLoader(TensorDataset(x, torch.zeros(16)), batch_size=8)
+    dl = loader(x, 8)
     layers = ["conv1", "layer?.*", "fc"]
     res = simtorch.compare(r18, r18, dl, layers_a=layers, progress=False)
     names = res["cka"].layers_a

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from models import conv, images
 from simtorch import CKA, SimilarityModel, compare
-from simtorch.engine import GramBatch, Metric, stream
-from models import conv, images  # noqa: E402
+from simtorch.engine import GramBatch, stream
+from simtorch.metrics import Computed, Metric
 
 pytestmark = [
     pytest.mark.cuda,
@@ -38,6 +39,8 @@ def devices_of(model: nn.Module) -> set[str]:
 
 
 class Recorder(Metric):
+    """Records what the engine hands a metric: the Gram stacks' dtypes (and device)."""
+
     name = "recorder"
 
     def __init__(self) -> None:
@@ -46,8 +49,8 @@ class Recorder(Metric):
     def update(self, batch: GramBatch) -> None:
         self.seen.append((batch.grams_a.dtype, batch.grams_a.device.type, batch.grams_b.dtype))
 
-    def result(self):
-        return None
+    def compute(self) -> Computed:
+        return Computed(torch.zeros(self.binding.layers_a, self.binding.layers_b))
 
 
 def test_cpu_model_computed_on_cuda_and_moved_back():

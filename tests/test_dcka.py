@@ -1,13 +1,15 @@
 """Deconfounded CKA (Cui et al., NeurIPS 2022) against independent float64 numpy formulas.
 
-The references below are written from the paper's recipe (explicit least squares of vec(K)
-on [1, vec(K⁰)], explicit centring matrix, numpy eigh for the PSD projection) and never call
-simtorch's helpers.
+The references (tests/reference.py) are written from the paper's recipe (explicit least
+squares of vec(K) on [1, vec(K⁰)], explicit centring matrix, numpy eigh for the PSD
+projection) and never call simtorch's helpers.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import warnings
 from collections import OrderedDict
 
@@ -17,83 +19,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import simtorch.functional as F
-from simtorch import CKA, DeltaCKA, SimilarityModel
+sys.path.insert(0, os.path.dirname(__file__))
+from reference import cka as ref_cka  # noqa: E402
+from reference import dcka_batches as ref_dcka_batches  # noqa: E402
+from reference import dcka_residual as residual  # noqa: E402
+from reference import hsic0  # noqa: E402
+from reference import linear_kernel as gram  # noqa: E402
+
+import simtorch.functional as F  # noqa: E402
+from simtorch import CKA, DeltaCKA, SimilarityModel  # noqa: E402
 
 ESTIMATORS = [False, True]  # unbiased
 VARIANTS = [False, True]  # remove_negative_eig
-
-
-# ---------------------------------------------------------------- numpy references
-
-
-def gram(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    xc = x - x.mean(0, keepdims=True)
-    return xc @ xc.T
-
-
-def hsic0(k, l) -> float:
-    n = len(k)
-    h = np.eye(n) - np.ones((n, n)) / n
-    return float(np.trace(k @ h @ l @ h)) / (n - 1) ** 2
-
-
-def hsic1(k, l) -> float:
-    n = len(k)
-    kt, lt = k.copy(), l.copy()
-    np.fill_diagonal(kt, 0)
-    np.fill_diagonal(lt, 0)
-    one = np.ones(n)
-    return float(
-        np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * (one @ kt @ lt @ one)
-    ) / (n * (n - 3))
-
-
-def hsic(k, l, unbiased):
-    return hsic1(k, l) if unbiased else hsic0(k, l)
-
-
-def residual(k, k0, unbiased) -> np.ndarray:
-    """HSIC₀: the paper's least squares of vec(K) on [1, vec(K⁰)] over all n² entries.
-    HSIC₁: the regression in the HSIC₁ inner product (simtorch's documented choice)."""
-    if unbiased:
-        return k - hsic1(k, k0) / hsic1(k0, k0) * k0
-    design = np.stack([np.ones(k.size), k0.ravel()], axis=1)
-    coef, *_ = np.linalg.lstsq(design, k.ravel(), rcond=None)
-    return (k.ravel() - design @ coef).reshape(k.shape)
-
-
-def psd(r) -> np.ndarray:
-    w, v = np.linalg.eigh((r + r.T) / 2)
-    return (v * np.clip(w, 0, None)) @ v.T
-
-
-def ref_dcka_batches(xs, ys, zs, unbiased=False, remove_negative_eig=False) -> float:
-    """dCKA over batches: per-batch HSIC of residuals, summed, ratio at the end. Without the
-    projection β is pooled over all batches (the regression of the stacked batches in the
-    HSIC inner product); with it, β and the projection are per batch."""
-    ks = [gram(x) for x in xs]
-    ls = [gram(y) for y in ys]
-    k0s = [gram(z) for z in zs]
-    if remove_negative_eig:
-        rk = [psd(residual(k, k0, unbiased)) for k, k0 in zip(ks, k0s)]
-        rl = [psd(residual(l, k0, unbiased)) for l, k0 in zip(ls, k0s)]
-    else:
-        s00 = sum(hsic(k0, k0, unbiased) for k0 in k0s)
-        bk = sum(hsic(k, k0, unbiased) for k, k0 in zip(ks, k0s)) / s00
-        bl = sum(hsic(l, k0, unbiased) for l, k0 in zip(ls, k0s)) / s00
-        rk = [k - bk * k0 for k, k0 in zip(ks, k0s)]
-        rl = [l - bl * k0 for l, k0 in zip(ls, k0s)]
-    kl = sum(hsic(a, b, unbiased) for a, b in zip(rk, rl))
-    kk = sum(hsic(a, a, unbiased) for a in rk)
-    ll = sum(hsic(b, b, unbiased) for b in rl)
-    return kl / np.sqrt(kk * ll)
-
-
-def ref_cka(x, y) -> float:
-    k, l = gram(x), gram(y)
-    return hsic0(k, l) / np.sqrt(hsic0(k, k) * hsic0(l, l))
 
 
 # ---------------------------------------------------------------- data and models

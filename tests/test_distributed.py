@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from simtorch import CKA, SimilarityModel, compare
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see conftest.py
+
 WORLD = 2
 N, D, BATCH = 64, 10, 8
 LAYERS_A = ["fc1", "act", "fc2"]

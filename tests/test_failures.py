@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import warnings
 from collections import OrderedDict
 
@@ -14,27 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-import reference as ref  # noqa: E402
+import reference as ref
+from models import batches, data, hook_counts, mlp, ref_grid
+from simtorch import CKA, SimilarityModel
 
-from simtorch import CKA, SimilarityModel  # noqa: E402
-
-
-def mlp(seed: int = 0, d_in: int = 6, h: int = 8) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(OrderedDict(fc1=nn.Linear(d_in, h), act=nn.ReLU(), fc2=nn.Linear(h, 4)))
-
-
-def data(n: int = 48, d: int = 6, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-
-
-def batches(x: torch.Tensor, bs: int) -> list[torch.Tensor]:
-    return [x[i : i + bs] for i in range(0, len(x), bs)]
-
-
-def hook_counts(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see conftest.py
 
 
 def acts(model: nn.Sequential, xb: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -43,11 +26,9 @@ def acts(model: nn.Sequential, xb: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"fc1": f1, "act": model.act(f1), "fc2": model.fc2(model.act(f1))}
 
 
-def ref_grid(ma, mb, xs, la, lb, unbiased=True):
-    aa = [acts(ma, xb) for xb in xs]
-    bb = [acts(mb, xb) for xb in xs]
-    return np.array([[ref.streaming_cka([a[i] for a in aa], [b[j] for b in bb], unbiased=unbiased)
-                      for j in lb] for i in la])
+def pair_grid(ma, mb, xs, la, lb, unbiased=True):
+    """Reference grid of two mlps fed the batches ``xs``."""
+    return ref_grid([acts(ma, xb) for xb in xs], [acts(mb, xb) for xb in xs], la, lb, unbiased=unbiased)
 
 
 def pair(layers_a=("fc1", "fc2"), layers_b=("fc1", "act", "fc2")):
@@ -131,12 +112,12 @@ def test_small_batches_are_skipped_counted_and_warned():
         g = sim.compute(loader)
     r = sim.result
     assert (r.n_samples, r.n_batches, r.n_skipped, r.skipped_samples) == (24, 3, 1, 3)
-    np.testing.assert_allclose(g, ref_grid(ma, mb, loader[:3], a.layer_names, b.layer_names), atol=1e-6)
+    np.testing.assert_allclose(g, pair_grid(ma, mb, loader[:3], a.layer_names, b.layer_names), atol=1e-6)
     # the biased estimator keeps a 3-sample batch (it needs n ≥ 2) and says nothing
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         g0 = CKA(a, b, progress=False, unbiased=False).compute(loader)
-    np.testing.assert_allclose(g0, ref_grid(ma, mb, loader, a.layer_names, b.layer_names, unbiased=False), atol=1e-6)
+    np.testing.assert_allclose(g0, pair_grid(ma, mb, loader, a.layer_names, b.layer_names, unbiased=False), atol=1e-6)
 
 
 def test_only_small_batches_is_an_error():
@@ -344,7 +325,7 @@ def test_interruption_keeps_partial_result_and_restores_model(exc):
     r = sim.result
     assert r is not None and r.n_samples == 24 and r.n_batches == 3
     assert np.isfinite(r.matrix).all() and sim.sim_matrix is r.matrix
-    np.testing.assert_allclose(r.matrix, ref_grid(ma, mb, xs[:3], a.layer_names, b.layer_names), atol=1e-6)
+    np.testing.assert_allclose(r.matrix, pair_grid(ma, mb, xs[:3], a.layer_names, b.layer_names), atol=1e-6)
 
 
 def test_interruption_before_any_batch_leaves_no_result():

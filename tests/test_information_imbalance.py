@@ -1,13 +1,16 @@
 """Information Imbalance (Glielmo et al., PNAS Nexus 2022) against a naive float64 reference.
 
-The reference computes distances from explicit differences and ranks by sorting each row
-in a Python loop (O(n² log n)), with the documented tie rules written out: tied nearest
-neighbours share the weight, tied distances get the average rank. It never calls simtorch.
+The reference (tests/reference.py) computes distances from explicit differences and ranks by
+sorting each row in a Python loop (O(n² log n)), with the documented tie rules written out:
+tied nearest neighbours share the weight, tied distances get the average rank. It never
+calls simtorch.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import sys
 import warnings
 from collections import OrderedDict
 
@@ -17,49 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import simtorch.functional as F
-from simtorch import InformationImbalance, SimilarityModel
+sys.path.insert(0, os.path.dirname(__file__))
+from reference import information_imbalance as ref_ii  # noqa: E402
+from reference import sq_dists  # noqa: E402
 
-# ---------------------------------------------------------------- naive reference
-
-
-def sq_dists(x) -> np.ndarray:
-    """‖xᵢ − xⱼ‖² from explicit differences (not from a Gram)."""
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    diff = x[:, None, :] - x[None, :, :]
-    return (diff * diff).sum(-1)
-
-
-def ranks(d: np.ndarray) -> np.ndarray:
-    """r[i, j]: position of j among i's neighbours by distance (self excluded, nearest = 1),
-    tied distances sharing the average of the positions they span."""
-    n = len(d)
-    r = np.zeros((n, n))
-    for i in range(n):
-        others = sorted((d[i, j], j) for j in range(n) if j != i)
-        p = 0
-        while p < len(others):
-            q = p
-            while q + 1 < len(others) and others[q + 1][0] == others[p][0]:
-                q += 1
-            for t in range(p, q + 1):
-                r[i, others[t][1]] = (p + 1 + q + 1) / 2
-            p = q + 1
-    return r
-
-
-def ref_ii(x, y) -> float:
-    """Δ(X→Y) = (2/n²) Σ_i mean_{j ∈ NN_X(i)} r^Y_ij."""
-    dx, dy = sq_dists(x), sq_dists(y)
-    ry = ranks(dy)
-    n = len(dx)
-    total = 0.0
-    for i in range(n):
-        nearest = min(dx[i, j] for j in range(n) if j != i)
-        nn_ = [j for j in range(n) if j != i and dx[i, j] == nearest]
-        total += np.mean([ry[i, j] for j in nn_])
-    return 2 * total / n**2
-
+import simtorch.functional as F  # noqa: E402
+from simtorch import InformationImbalance, SimilarityModel  # noqa: E402
 
 # ---------------------------------------------------------------- models and data
 

@@ -1,16 +1,15 @@
-"""SimilarityModel: layer selection, hook lifetime, modes, output reduction, sequences,
-batch unpacking, repeated calls, the 0.2.1 import paths, a real torchvision model, plots.
+"""SimilarityModel: hook lifetime and modes (restoring), one forward pass per model per
+batch, output reduction (reduce, activations), sequences, repeated calls (call_index), the
+0.2.1 import paths and a real torchvision model.
 
-Values are checked against tests/reference.py (float64 numpy formulas, independent of
-simtorch) fed with activations the tests compute themselves.
+Layer selection is tested in test_layers.py, batch unpacking in test_batches.py, plots in
+test_plotting.py. Values are checked against tests/reference.py (float64 numpy formulas,
+independent of simtorch) fed with activations the tests compute themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
-import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -18,30 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-import reference as ref  # noqa: E402
+from models import Tiny, batches, counted, data, hook_counts, ref_grid
+from simtorch import CKA, SimilarityModel
 
-from simtorch import CKA, SimilarityModel  # noqa: E402
-
-
-# ---------------------------------------------------------------- tiny models and helpers
-
-
-class Tiny(nn.Module):
-    """Modules: stem, block1{fc, act}, block2{fc, act, inner{fc}}, head."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.stem = nn.Linear(6, 8)
-        self.block1 = nn.Sequential(OrderedDict(fc=nn.Linear(8, 8), act=nn.ReLU()))
-        self.block2 = nn.Sequential(
-            OrderedDict(fc=nn.Linear(8, 8), act=nn.Tanh(), inner=nn.Sequential(OrderedDict(fc=nn.Linear(8, 8))))
-        )
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.head(self.block2(self.block1(self.stem(x))))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see conftest.py
 
 
 def tiny_steps(model: Tiny, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -53,122 +32,6 @@ def tiny_steps(model: Tiny, x: torch.Tensor) -> dict[str, torch.Tensor]:
         a2 = model.block2.act(f2)
         b2 = model.block2.inner.fc(a2)
         return {"stem": s, "block1": b1, "block2.fc": f2, "block2.act": a2, "block2": b2, "head": model.head(b2)}
-
-
-def data(n: int = 48, d: int = 6, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g)
-
-
-def batches(x: torch.Tensor, bs: int) -> list[torch.Tensor]:
-    return [x[i : i + bs] for i in range(0, len(x), bs)]
-
-
-def names(model: nn.Module, spec, **kw) -> list[str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return SimilarityModel(model, layers_to_include=spec, **kw).layer_names
-
-
-def hook_counts(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-def ref_grid(acts_a: list[dict], acts_b: list[dict], la: list[str], lb: list[str], unbiased: bool = True):
-    """Streaming CKA grid from per-batch activation dicts (reference formulas)."""
-    return np.array(
-        [[ref.streaming_cka([a[i] for a in acts_a], [b[j] for b in acts_b], unbiased=unbiased) for j in lb] for i in la]
-    )
-
-
-# ---------------------------------------------------------------- layer selection
-
-
-def test_exact_name_wins_over_substring():
-    assert names(Tiny(), ["block1"]) == ["block1"]
-    assert names(Tiny(), "block2.inner.fc") == ["block2.inner.fc"]
-
-
-def test_glob_star_stays_inside_one_component():
-    assert names(Tiny(), ["block?.*"]) == ["block1.fc", "block1.act", "block2.fc", "block2.act", "block2.inner"]
-    assert names(Tiny(), ["*.fc"]) == ["block1.fc", "block2.fc"]
-    assert names(Tiny(), ["block[2].f?"]) == ["block2.fc"]
-
-
-def test_glob_double_star_crosses_dots():
-    assert names(Tiny(), ["block2.**"]) == ["block2.fc", "block2.act", "block2.inner", "block2.inner.fc"]
-    assert names(Tiny(), ["**.fc"]) == ["block1.fc", "block2.fc", "block2.inner.fc"]
-
-
-def test_substring_as_in_021():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing nested among the hits: no warning
-        assert names(Tiny(), ["fc"]) == ["block1.fc", "block2.fc", "block2.inner.fc"]
-
-
-def test_substring_warns_when_container_and_children_are_picked():
-    with pytest.warns(UserWarning, match="containers together with modules inside them") as rec:
-        got = SimilarityModel(Tiny(), layers_to_include=["inner"]).layer_names
-    assert got == ["block2.inner", "block2.inner.fc"]
-    assert "block2.inner" in str(rec[0].message)
-
-
-def test_module_type_selection_and_model_order():
-    assert names(Tiny(), [nn.Linear]) == ["stem", "block1.fc", "block2.fc", "block2.inner.fc", "head"]
-    # order is the model's, not the request's; duplicates collapse
-    assert names(Tiny(), ["head", "stem", nn.Tanh, "stem"]) == ["stem", "block2.act", "head"]
-    sm = SimilarityModel(Tiny(), model_name="T", layers_to_include=["head", "stem"])
-    assert sm.layer_names == ["stem", "head"] and sm.n_layers == 2 and sm.model_name == "T"
-
-
-def test_unknown_name_lists_close_matches():
-    with pytest.raises(ValueError, match="blok1") as e:
-        SimilarityModel(Tiny(), layers_to_include=["stem", "blok1"])
-    assert "block1" in str(e.value)
-    with pytest.raises(ValueError, match="hed") as e:
-        SimilarityModel(Tiny(), layers_to_include=["hed"])
-    assert "head" in str(e.value)
-    with pytest.raises(ValueError, match="matches no module"):
-        SimilarityModel(Tiny(), layers_to_include=["nothing.*"])
-    with pytest.raises(ValueError, match="matches no module"):
-        SimilarityModel(Tiny(), layers_to_include=[nn.Conv2d])
-
-
-def test_unknown_resnet_layer_suggests_real_ones():
-    torchvision = pytest.importorskip("torchvision")
-    with pytest.raises(ValueError) as e:
-        SimilarityModel(torchvision.models.resnet18(), layers_to_include=["layer5"])
-    assert "layer4" in str(e.value)
-
-
-@pytest.mark.parametrize("empty", [[], None, ()])
-def test_empty_layers_is_an_error(empty):
-    with pytest.raises(ValueError, match="empty"):
-        SimilarityModel(Tiny(), layers_to_include=empty)
-
-
-def test_bad_layer_spec_types():
-    with pytest.raises(TypeError):
-        SimilarityModel(Tiny(), layers_to_include=[int])
-    with pytest.raises(TypeError):
-        SimilarityModel(Tiny(), layers_to_include=[3])
-    with pytest.raises(TypeError):
-        SimilarityModel("not a model", layers_to_include=["x"])
-
-
-def test_dataparallel_names_have_no_module_prefix():
-    base = Tiny()
-    dp = nn.DataParallel(base)  # on CPU this just runs the module
-    sm = SimilarityModel(dp, layers_to_include=["stem", "block?.fc"])
-    assert sm.layer_names == ["stem", "block1.fc", "block2.fc"]
-    assert not any(n.startswith("module") for n in sm.available_layers())
-    assert sm.model is dp  # the wrapper still runs the forward
-    x = data()
-    plain = SimilarityModel(base, layers_to_include=["stem", "block?.fc"])
-    other = SimilarityModel(Tiny(1), layers_to_include=["head"])
-    g1 = CKA(sm, other, progress=False).compute(batches(x, 12))
-    g2 = CKA(plain, other, progress=False).compute(batches(x, 12))
-    np.testing.assert_allclose(g1, g2, atol=1e-12)
 
 
 # ---------------------------------------------------------------- hooks, modes, requires_grad
@@ -288,22 +151,37 @@ def test_wrapping_twice_does_not_double_hooks():
     assert hook_counts(model) == 0
 
 
+def test_restoring_sets_eval_and_restores_every_flag_even_on_error():
+    model = probed()
+    mixed_state(model)
+    before = snapshot(model)
+    sm = SimilarityModel(model, layers_to_include=["fc1"])
+    with pytest.raises(RuntimeError, match="inside"):
+        with sm.restoring():
+            assert not any(m.training for m in model.modules())
+            raise RuntimeError("inside the block")
+    assert snapshot(model)[0] == before[0]
+    keep = SimilarityModel(model, layers_to_include=["fc1"], eval_mode=False)
+    with keep.restoring():
+        assert {n: m.training for n, m in model.named_modules()} == before[0]
+    assert snapshot(model)[0] == before[0]
+
+
+def test_activations_match_hand_computed_and_leave_nothing_behind():
+    model = Tiny()
+    model.train()
+    sm = SimilarityModel(model, layers_to_include=["stem", "block1", "block2.fc", "block2.act", "block2", "head"])
+    x = data()
+    got = sm.activations(x)
+    want = tiny_steps(model, x)
+    assert sorted(got) == sorted(sm.layer_names)
+    for name in sm.layer_names:
+        torch.testing.assert_close(got[name], want[name])
+        assert not got[name].requires_grad
+    assert hook_counts(model) == 0 and all(m.training for m in model.modules())
+
+
 # ---------------------------------------------------------------- one forward per batch
-
-
-class Counter(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-
-    def forward(self, x):
-        self.n += 1
-        return x
-
-
-def counted() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(count=Counter(), fc1=nn.Linear(6, 8), act=nn.ReLU(), fc2=nn.Linear(8, 4)))
 
 
 def test_same_similarity_model_on_both_sides_runs_one_forward_per_batch():
@@ -428,6 +306,33 @@ def test_output_fn_own_type_error_is_not_masked():
         CKA(sm, sm, progress=False).compute(batches(data(), 8))
 
 
+def test_reduce_directly():
+    sm = SimilarityModel(Tiny(), model_name="T", layers_to_include=["stem", "head"])
+    h = torch.randn(4, 5)
+    assert sm.reduce("stem", (None, h), 4) is h
+    img = torch.randn(4, 2, 3, 3)
+    assert sm.reduce("head", img, 4) is img  # kept whole: flattened with the Gram, not here
+    with pytest.raises(ValueError, match=r"T: layer 'stem' produced shape \(4, 5\) but the batch has 3 samples"):
+        sm.reduce("stem", h, 3)
+    with pytest.raises(ValueError, match="produced shape"):
+        sm.reduce("stem", torch.tensor(2.0), 4)
+    with pytest.raises(TypeError, match=r"'stem' returned str holding no tensor.*output_fn"):
+        sm.reduce("stem", "text", 4)
+
+
+def test_reduce_sequences_with_and_without_a_mask():
+    seq = torch.arange(24.0).reshape(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    mean = SimilarityModel(Tiny(), layers_to_include=["stem"], sequence="mean")
+    torch.testing.assert_close(mean.reduce("stem", seq, 2, {"attention_mask": mask}),
+                               torch.stack([seq[0, :2].mean(0), seq[1, 0]]))
+    torch.testing.assert_close(mean.reduce("stem", seq, 2, seq), seq.mean(1))  # no mask: plain mean
+    first = SimilarityModel(Tiny(), layers_to_include=["stem"], sequence="first")
+    torch.testing.assert_close(first.reduce("stem", seq, 2), seq[:, 0])
+    flat = SimilarityModel(Tiny(), layers_to_include=["stem"])
+    assert flat.reduce("stem", seq, 2) is seq
+
+
 # ---------------------------------------------------------------- sequences and dict batches
 
 
@@ -500,23 +405,6 @@ def test_bad_sequence_mode():
         SimilarityModel(Tiny(), layers_to_include=["stem"], sequence="max")
 
 
-def test_input_key_and_input_fn():
-    model = counted()
-    x = data()
-    sm = SimilarityModel(model, layers_to_include=["fc1", "fc2"])
-    plain = CKA(sm, sm, progress=False).compute(batches(x, 8))
-    dict_loader = [{"pixels": b, "label": torch.zeros(len(b))} for b in batches(x, 8)]
-    g1 = CKA(sm, sm, progress=False, input_key="pixels").compute(dict_loader)
-    np.testing.assert_allclose(g1, plain, atol=1e-12)
-    swapped = [(torch.zeros(len(b)), b) for b in batches(x, 8)]
-    g2 = CKA(sm, sm, progress=False, input_fn=lambda batch: batch[1]).compute(swapped)
-    np.testing.assert_allclose(g2, plain, atol=1e-12)
-    tuples = [(b, torch.zeros(len(b))) for b in batches(x, 8)]  # (x, y): the first item is the input
-    np.testing.assert_allclose(CKA(sm, sm, progress=False).compute(tuples), plain, atol=1e-12)
-    with pytest.raises(KeyError, match="pixel"):
-        CKA(sm, sm, progress=False, input_key="pixel").compute(dict_loader)
-
-
 # ---------------------------------------------------------------- repeated calls
 
 
@@ -583,6 +471,15 @@ def test_call_index_as_dict_and_out_of_range():
         SimilarityModel(model, layers_to_include=["blk"], call_index=-2)
 
 
+def test_call_index_per_layer():
+    model = Shared()
+    every = SimilarityModel(model, layers_to_include=["blk", "out"], call_index=1)
+    assert every.call_index("blk") == 1 and every.call_index("out") == 1
+    some = SimilarityModel(model, layers_to_include=["blk", "out"], call_index={"blk": -1})
+    assert some.call_index("blk") == -1 and some.call_index("out") is None
+    assert SimilarityModel(model, layers_to_include=["blk"]).call_index("blk") is None
+
+
 # ---------------------------------------------------------------- 0.2.1 compatibility
 
 
@@ -616,23 +513,6 @@ def test_021_script_runs_unchanged(tmp_path):
     assert isinstance(ax, Axes)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["block2", "head"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["stem", "block1"]
-    plt.close("all")
-
-
-def test_plot_into_a_directory(tmp_path):
-    import matplotlib.pyplot as plt
-
-    sm = SimilarityModel(Tiny(), layers_to_include=["stem", "head"])
-    sim = CKA(sm, sm, progress=False)
-    with pytest.raises(RuntimeError, match="compute"):
-        sim.plot_similarity()
-    sim.compute(batches(data(), 12))
-    out = tmp_path / "plots"
-    sim.plot_similarity(title="self similarity", savefig=True, save_path=out)
-    pngs = list(out.glob("*.png"))
-    assert len(pngs) == 1 and pngs[0].stat().st_size > 1000
-    with open(pngs[0], "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     plt.close("all")
 
 

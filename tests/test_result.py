@@ -1,20 +1,20 @@
-"""SimilarityResult: save/load round trip (no pickle), CSV long form, redraw without models,
-and the jackknife standard error against a direct leave-one-batch-out computation."""
+"""SimilarityResult: save/load round trip (no pickle), equality, CSV long form.
+
+Redrawing a loaded result is tested in test_plotting.py, the jackknife standard error in
+test_accumulate.py."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import math
-import warnings
 import zipfile
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from models import deep_mlp, lowrank_batches
 from simtorch import CKA, SimilarityModel, SimilarityResult
 
 LAYERS_A = ["fc1", "relu1", "fc2"]
@@ -24,24 +24,9 @@ LAYERS_B = ["fc1", "fc2"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def net(seed: int, d_in: int = 12, h: int = 10) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(fc1=nn.Linear(d_in, h), relu1=nn.ReLU(), fc2=nn.Linear(h, 6), tanh=nn.Tanh())
-    )
-
-
-def batches(n_batches: int, batch_size: int, seed: int = 0, d_in: int = 12) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    # a shared low-rank signal plus noise, so the two nets' CKA is neither 0 nor 1
-    z = torch.randn(n_batches * batch_size, 3, generator=g)
-    x = z @ torch.randn(3, d_in, generator=g) + 0.7 * torch.randn(n_batches * batch_size, d_in, generator=g)
-    return list(x.split(batch_size))
-
-
 def cka(data: list[torch.Tensor], unbiased: bool = True, kernel: str = "linear") -> SimilarityResult:
-    a = SimilarityModel(net(0), "A", LAYERS_A)
-    b = SimilarityModel(net(1), "B", LAYERS_B)
+    a = SimilarityModel(deep_mlp(0), "A", LAYERS_A)
+    b = SimilarityModel(deep_mlp(1), "B", LAYERS_B)
     sim = CKA(a, b, device="cpu", kernel=kernel, unbiased=unbiased, progress=False)
     sim.compute(data)
     assert sim.result is not None
@@ -50,7 +35,7 @@ def cka(data: list[torch.Tensor], unbiased: bool = True, kernel: str = "linear")
 
 @pytest.fixture(scope="module")
 def result() -> SimilarityResult:
-    return cka(batches(5, 16))
+    return cka(lowrank_batches(5, 16))
 
 
 # ------------------------------------------------------------------ save / load
@@ -136,7 +121,7 @@ def test_equality_sees_differences(result):
     assert other != result
 
 
-# ------------------------------------------------------------------ CSV and plotting
+# ------------------------------------------------------------------ CSV
 
 
 def test_to_csv_long_form(tmp_path, result):
@@ -157,81 +142,24 @@ def test_to_csv_long_form(tmp_path, result):
     assert body[len(LAYERS_B)][2] == "NaN"  # what pandas and R read as missing
 
 
-def test_loaded_result_plots_without_models(tmp_path, result):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    back = SimilarityResult.load(result.save(tmp_path / "r.npz"))
-    ax = back.plot(save_path=tmp_path / "grid.png", show_stderr=True)
-    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [t.get_text() for t in ax.get_yticklabels()] == LAYERS_A
-    assert [t.get_text() for t in ax.get_xticklabels()] == LAYERS_B
-    texts = [t.get_text() for t in ax.texts]
-    assert len(texts) == 6 and all("±" in t for t in texts)
-    plt.close("all")
-    back.plot(save_path=tmp_path / "dir")  # a directory: named after the title
-    assert list((tmp_path / "dir").glob("*.png"))
-    plt.close("all")
+# ------------------------------------------------------------------ construction
 
 
-# ------------------------------------------------------------------ jackknife
+def test_construction_checks_shapes_and_fills_stderr():
+    res = SimilarityResult([[1, 0.5]], ["a"], ["b", "c"], "A", "B", "CKA", n_samples=8, n_batches=2, n_skipped=1)
+    assert res.matrix.dtype == np.float64 and res.shape == (1, 2)
+    assert res.stderr.shape == (1, 2) and np.isnan(res.stderr).all()
+    assert repr(res) == "SimilarityResult(CKA: A [1 layers] vs B [2 layers], n_samples=8, n_batches=2, skipped=1)"
+    with pytest.raises(ValueError, match=r"matrix shape \(1, 2\) does not match the layer lists \(2, 2\)"):
+        SimilarityResult([[1, 0.5]], ["a", "d"], ["b", "c"], "A", "B", "CKA")
+    with pytest.raises(ValueError, match="stderr shape"):
+        SimilarityResult([[1, 0.5]], ["a"], ["b", "c"], "A", "B", "CKA", stderr=np.zeros((2, 1)))
 
 
-def jackknife_se(thetas: np.ndarray) -> np.ndarray:
-    """se = sqrt((G−1)/G · Σ_g (θ₋g − θ̄)²), written out here independently of simtorch."""
-    g = thetas.shape[0]
-    mean = thetas.mean(axis=0)
-    return np.sqrt((g - 1) / g * ((thetas - mean) ** 2).sum(axis=0))
-
-
-@pytest.mark.parametrize("unbiased", [True, False])
-def test_jackknife_matches_leave_one_batch_out(unbiased):
-    data = batches(6, 12, seed=3)
-    full = cka(data, unbiased=unbiased)
-    loo = np.stack([cka(data[:g] + data[g + 1 :], unbiased=unbiased).matrix for g in range(len(data))])
-    want = jackknife_se(loo)
-    assert np.all(want > 1e-4)  # a real spread, so the comparison means something
-    np.testing.assert_allclose(full.stderr, want, rtol=1e-9, atol=1e-12)
-    # and it is not some other spread, e.g. the naive std of the leave-one-out values
-    assert not np.allclose(full.stderr, loo.std(axis=0), rtol=1e-3)
-
-
-def test_jackknife_rbf_kernel():
-    data = batches(5, 10, seed=4)
-    full = cka(data, kernel="rbf")
-    loo = np.stack([cka(data[:g] + data[g + 1 :], kernel="rbf").matrix for g in range(len(data))])
-    np.testing.assert_allclose(full.stderr, jackknife_se(loo), rtol=1e-9, atol=1e-12)
-
-
-def test_jackknife_over_more_batches_than_groups_deletes_contiguous_groups():
-    # the default keeps ≤ 64 groups; with max_groups=4 the same merging shows on 10 batches:
-    # after 4 batches pairs merge, after 8 again, leaving groups [0-3], [4-7], [8-9]
-    from simtorch.engine import stream
-    from simtorch.similarity.cka import CKAMetric
-
-    data = batches(10, 6, seed=5)
-    metric = CKAMetric(max_groups=4)
-    stream(SimilarityModel(net(0), "A", LAYERS_A), SimilarityModel(net(1), "B", LAYERS_B), data, [metric],
-           "cpu", progress=False)
-    full = metric.result()
-    groups = [range(0, 4), range(4, 8), range(8, 10)]
-    loo = np.stack([cka([b for i, b in enumerate(data) if i not in g]).matrix for g in groups])
-    np.testing.assert_allclose(full.matrix, cka(data).matrix, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(full.stderr, jackknife_se(loo), rtol=1e-9, atol=1e-12)
-
-
-def test_single_batch_has_no_standard_error():
-    res = cka(batches(1, 20))
-    assert np.isnan(res.stderr).all() and np.isfinite(res.matrix).all()
-
-
-def test_skipped_batch_does_not_count_as_a_group():
-    data = batches(4, 10, seed=6) + [torch.randn(3, 12)]  # a last batch of 3: skipped (n < 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        full = cka(data)
-    assert full.n_skipped == 1 and full.n_batches == 4
-    loo = np.stack([cka(data[:g] + data[g + 1 : 4]).matrix for g in range(4)])
-    np.testing.assert_allclose(full.stderr, jackknife_se(loo), rtol=1e-9, atol=1e-12)
+def test_result_of_a_computation_carries_names_settings_and_counts(result):
+    assert result.layers_a == LAYERS_A and result.layers_b == LAYERS_B
+    assert (result.model_a, result.model_b, result.metric) == ("A", "B", "CKA")
+    assert result.settings == {"kernel": "linear", "unbiased": True, "sigma_frac": 1.0}
+    assert (result.n_samples, result.n_batches, result.n_skipped, result.skipped_samples) == (80, 5, 0, 0)
+    assert {"simtorch", "torch", "numpy"} <= set(result.versions)
+    assert np.isfinite(result.matrix).all() and (result.stderr > 0).all()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import sys
 import warnings
 from collections import OrderedDict
 
@@ -17,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(__file__))
-import reference as ref  # noqa: E402
+import reference as ref
+from models import conv_net, image_mlp, loader, pixels
+from simtorch import CKA, SimilarityModel
 
-from simtorch import CKA, SimilarityModel  # noqa: E402
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see conftest.py
 
 KERNELS = ["linear", "rbf"]
 ESTIMATORS = [False, True]  # unbiased
@@ -31,34 +29,7 @@ CONV_LAYERS = ["conv1", "relu1", "conv2", "fc"]
 MLP_LAYERS = ["fc1", "fc2", "fc3"]
 
 
-# ---------------------------------------------------------------- tiny models and data
-
-
-def conv_net(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(3, 4, 3, padding=1),
-            relu1=nn.ReLU(),
-            conv2=nn.Conv2d(4, 6, 3, stride=2),  # (6, 3, 3)
-            flat=nn.Flatten(),
-            fc=nn.Linear(54, 10),
-        )
-    )
-
-
-def mlp(seed: int = 1) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        OrderedDict(
-            flat=nn.Flatten(),
-            fc1=nn.Linear(192, 32),
-            relu1=nn.ReLU(),
-            fc2=nn.Linear(32, 16),
-            tanh=nn.Tanh(),
-            fc3=nn.Linear(16, 8),
-        )
-    )
+# ---------------------------------------------------------------- models and references
 
 
 class Take(nn.Module):
@@ -78,15 +49,6 @@ def half_net(seed: int, a: int, b: int, h: int = 32) -> nn.Sequential:
     return nn.Sequential(
         OrderedDict(take=Take(a, b), fc1=nn.Linear(b - a, h), relu1=nn.ReLU(), fc2=nn.Linear(h, h))
     )
-
-
-def images(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
-
-
-def loader(x: torch.Tensor, batch_size: int) -> DataLoader:
-    y = torch.zeros(x.shape[0], dtype=torch.long)
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
 def ref_acts(model: nn.Module, x: torch.Tensor, names) -> dict[str, np.ndarray]:
@@ -130,8 +92,8 @@ def run_cka(model_a, names_a, model_b, names_b, data, kernel, unbiased, same=Fal
 @pytest.mark.parametrize("unbiased", ESTIMATORS)
 def test_single_batch_equals_full_data_cka(kernel, unbiased):
     N = 60
-    x = images(N, seed=1)
-    A, B = conv_net(0), mlp(1)
+    x = pixels(N, seed=1)
+    A, B = conv_net(0), image_mlp(1)
     _, _, sim, m = run_cka(A, CONV_LAYERS, B, MLP_LAYERS, loader(x, N), kernel, unbiased)
     acts_a = ref_acts(A, x, CONV_LAYERS)
     acts_b = ref_acts(B, x, MLP_LAYERS)
@@ -150,8 +112,8 @@ def test_single_batch_equals_full_data_cka(kernel, unbiased):
 @pytest.mark.parametrize("batch_size", [32, 30])  # last batch 4, last batch 10
 def test_several_batches_equal_sum_then_ratio(kernel, unbiased, batch_size):
     N = 100
-    x = images(N, seed=2)
-    A, B = conv_net(0), mlp(1)
+    x = pixels(N, seed=2)
+    A, B = conv_net(0), image_mlp(1)
     _, _, sim, m = run_cka(A, CONV_LAYERS, B, MLP_LAYERS, loader(x, batch_size), kernel, unbiased)
     want = ref_grid(A, CONV_LAYERS, B, MLP_LAYERS, x, batch_size, kernel, unbiased)
     wrong = ref_grid(A, CONV_LAYERS, B, MLP_LAYERS, x, batch_size, kernel, unbiased, ref.mean_of_batch_ckas)
@@ -167,8 +129,8 @@ def test_several_batches_equal_sum_then_ratio(kernel, unbiased, batch_size):
 def test_plain_tensor_batches(unbiased):
     """Loader batches that are bare tensors (not tuples)."""
     N, bs = 50, 20
-    x = images(N, seed=3)
-    A, B = conv_net(4), mlp(5)
+    x = pixels(N, seed=3)
+    A, B = conv_net(4), image_mlp(5)
     batches = list(x.split(bs))
     _, _, _, m = run_cka(A, CONV_LAYERS, B, MLP_LAYERS, batches, "linear", unbiased)
     want = ref_grid(A, CONV_LAYERS, B, MLP_LAYERS, x, bs, "linear", unbiased)
@@ -207,8 +169,8 @@ def test_unbiased_stable_biased_drifts_on_independent_data(kernel):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_unbiased_skips_batches_below_4_with_warning(kernel):
     N, bs = 34, 8  # last batch has 2 samples
-    x = images(N, seed=6)
-    A, B = conv_net(0), mlp(1)
+    x = pixels(N, seed=6)
+    A, B = conv_net(0), image_mlp(1)
     with pytest.warns(UserWarning):
         _, _, sim, m = run_cka(A, CONV_LAYERS, B, MLP_LAYERS, loader(x, bs), kernel, True)
     assert sim.result.n_skipped == 1
@@ -219,8 +181,8 @@ def test_unbiased_skips_batches_below_4_with_warning(kernel):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_biased_keeps_batches_of_2(kernel):
     N, bs = 34, 8  # last batch has 2 samples: kept by the biased estimator
-    x = images(N, seed=6)
-    A, B = conv_net(0), mlp(1)
+    x = pixels(N, seed=6)
+    A, B = conv_net(0), image_mlp(1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # nothing is skipped: no skip warning
         _, _, sim, m = run_cka(A, CONV_LAYERS, B, MLP_LAYERS, loader(x, bs), kernel, False)
@@ -233,8 +195,8 @@ def test_biased_keeps_batches_of_2(kernel):
 
 def test_biased_ignores_single_sample_batch():
     N, bs = 33, 8  # last batch has 1 sample: HSIC is undefined there
-    x = images(N, seed=7)
-    A, B = conv_net(0), mlp(1)
+    x = pixels(N, seed=7)
+    A, B = conv_net(0), image_mlp(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, _, _, m = run_cka(A, CONV_LAYERS, B, MLP_LAYERS, loader(x, bs), "linear", False)
@@ -250,7 +212,7 @@ def test_biased_ignores_single_sample_batch():
 @pytest.mark.parametrize("unbiased", ESTIMATORS)
 def test_self_grid_unit_diagonal_and_symmetric(kernel, unbiased):
     N, bs = 64, 16
-    x = images(N, seed=8)
+    x = pixels(N, seed=8)
     A = conv_net(3)
     a, b, sim, m = run_cka(A, CONV_LAYERS, None, None, loader(x, bs), kernel, unbiased, same=True)
     assert b is a
@@ -266,8 +228,8 @@ def test_self_grid_unit_diagonal_and_symmetric(kernel, unbiased):
 def test_two_models_every_cell_matches_reference(kernel):
     """Catches a library that compares model A with itself, or transposes/misindexes the grid."""
     N, bs = 48, 16
-    x = images(N, seed=9)
-    A, B = conv_net(10), mlp(11)
+    x = pixels(N, seed=9)
+    A, B = conv_net(10), image_mlp(11)
     a, b, sim, m = run_cka(A, CONV_LAYERS, B, MLP_LAYERS, loader(x, bs), kernel, True)
     want = ref_grid(A, CONV_LAYERS, B, MLP_LAYERS, x, bs, kernel, True)
     self_a = ref_grid(A, CONV_LAYERS, A, CONV_LAYERS, x, bs, kernel, True)
@@ -280,8 +242,8 @@ def test_two_models_every_cell_matches_reference(kernel):
 
 def test_result_fields_and_layer_order():
     N, bs = 40, 20
-    x = images(N, seed=12)
-    A, B = conv_net(0), mlp(1)
+    x = pixels(N, seed=12)
+    A, B = conv_net(0), image_mlp(1)
     # requested out of model order: rows/columns follow the model's order
     a, b, sim, m = run_cka(A, ["fc", "conv1", "conv2"], B, ["fc3", "fc1"], loader(x, bs), "linear", True)
     assert a.layer_names == ["conv1", "conv2", "fc"]
@@ -297,13 +259,3 @@ def test_result_fields_and_layer_order():
     assert res.n_samples == N and res.n_batches == 2 and res.n_skipped == 0
     want = ref_grid(A, a.layer_names, B, b.layer_names, x, bs, "linear", True)
     np.testing.assert_allclose(m, want, atol=1e-5, rtol=0)
-
-
-def test_layer_selection_exact_glob_substring():
-    A = conv_net(0)
-    # exact name preferred: "conv1" does not also pick other names containing it
-    assert SimilarityModel(A, layers_to_include=["conv1"], device="cpu").layer_names == ["conv1"]
-    # glob
-    assert SimilarityModel(A, layers_to_include=["conv*"], device="cpu").layer_names == ["conv1", "conv2"]
-    # substring fallback
-    assert SimilarityModel(A, layers_to_include=["relu"], device="cpu").layer_names == ["relu1"]
