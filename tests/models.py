@@ -154,6 +154,36 @@ def loader(x: torch.Tensor, batch_size: int) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
+# ---------------------------------------------------------------- runs
+
+#: the layers :func:`deep_cka` compares (of two :func:`deep_mlp`)
+DEEP_LAYERS_A = ["fc1", "relu1", "fc2"]
+DEEP_LAYERS_B = ["fc1", "fc2"]
+
+
+def deep_cka(data: list[torch.Tensor], unbiased: bool = True, kernel: str = "linear"):
+    """The CKA :class:`~simtorch.SimilarityResult` of ``deep_mlp(0)`` vs ``deep_mlp(1)`` over ``data``."""
+    from simtorch import CKA, SimilarityModel
+
+    a = SimilarityModel(deep_mlp(0), "A", DEEP_LAYERS_A)
+    b = SimilarityModel(deep_mlp(1), "B", DEEP_LAYERS_B)
+    sim = CKA(a, b, device="cpu", kernel=kernel, unbiased=unbiased, progress=False)
+    sim.compute(data)
+    assert sim.result is not None
+    return sim.result
+
+
+class CountForward:
+    """Counts the forward calls of ``model`` (a forward pre-hook)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.calls = 0
+        model.register_forward_pre_hook(self)
+
+    def __call__(self, *args) -> None:
+        self.calls += 1
+
+
 # ---------------------------------------------------------------- checks
 
 

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from models import deep_mlp, lowrank_batches
-from simtorch import CKA, SimilarityModel, SimilarityResult
+from models import DEEP_LAYERS_A, DEEP_LAYERS_B, deep_cka, deep_mlp, lowrank_batches
+from simtorch import CKA, SimilarityModel
 from simtorch.engine import stream
 from simtorch.metrics import CKAMetric
 from simtorch.metrics.accumulate import GroupedSums, jackknife
 from simtorch.runner import build_result
 
 CPU = torch.device("cpu")
-LAYERS_A = ["fc1", "relu1", "fc2"]
-LAYERS_B = ["fc1", "fc2"]
+LAYERS_A, LAYERS_B = DEEP_LAYERS_A, DEEP_LAYERS_B
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -174,20 +173,11 @@ def test_jackknife_broadcasts_over_a_grid_and_is_nan_below_two_groups():
 # ---------------------------------------------------------------- through CKA's standard error
 
 
-def cka(data: list[torch.Tensor], unbiased: bool = True, kernel: str = "linear") -> SimilarityResult:
-    a = SimilarityModel(deep_mlp(0), "A", LAYERS_A)
-    b = SimilarityModel(deep_mlp(1), "B", LAYERS_B)
-    sim = CKA(a, b, device="cpu", kernel=kernel, unbiased=unbiased, progress=False)
-    sim.compute(data)
-    assert sim.result is not None
-    return sim.result
-
-
 @pytest.mark.parametrize("unbiased", [True, False])
 def test_jackknife_matches_leave_one_batch_out(unbiased):
     data = lowrank_batches(6, 12, seed=3)
-    full = cka(data, unbiased=unbiased)
-    loo = np.stack([cka(data[:g] + data[g + 1 :], unbiased=unbiased).matrix for g in range(len(data))])
+    full = deep_cka(data, unbiased=unbiased)
+    loo = np.stack([deep_cka(data[:g] + data[g + 1 :], unbiased=unbiased).matrix for g in range(len(data))])
     want = jackknife_se(loo)
     assert np.all(want > 1e-4)  # a real spread, so the comparison means something
     np.testing.assert_allclose(full.stderr, want, rtol=1e-9, atol=1e-12)
@@ -197,8 +187,8 @@ def test_jackknife_matches_leave_one_batch_out(unbiased):
 
 def test_jackknife_rbf_kernel():
     data = lowrank_batches(5, 10, seed=4)
-    full = cka(data, kernel="rbf")
-    loo = np.stack([cka(data[:g] + data[g + 1 :], kernel="rbf").matrix for g in range(len(data))])
+    full = deep_cka(data, kernel="rbf")
+    loo = np.stack([deep_cka(data[:g] + data[g + 1 :], kernel="rbf").matrix for g in range(len(data))])
     np.testing.assert_allclose(full.stderr, jackknife_se(loo), rtol=1e-9, atol=1e-12)
 
 
@@ -212,14 +202,14 @@ def test_jackknife_over_more_batches_than_groups_deletes_contiguous_groups():
     stream(a, b, data, [metric], "cpu", progress=False)
     full = build_result(metric, a, b)
     groups = [range(0, 4), range(4, 8), range(8, 10)]
-    loo = np.stack([cka([b for i, b in enumerate(data) if i not in g]).matrix for g in groups])
-    np.testing.assert_allclose(full.matrix, cka(data).matrix, rtol=0, atol=1e-12)
+    loo = np.stack([deep_cka([b for i, b in enumerate(data) if i not in g]).matrix for g in groups])
+    np.testing.assert_allclose(full.matrix, deep_cka(data).matrix, rtol=0, atol=1e-12)
     np.testing.assert_allclose(full.stderr, jackknife_se(loo), rtol=1e-9, atol=1e-12)
     assert full.extras["hsic_group_batches"].tolist() == [4, 4, 2]
 
 
 def test_single_batch_has_no_standard_error():
-    res = cka(lowrank_batches(1, 20))
+    res = deep_cka(lowrank_batches(1, 20))
     assert np.isnan(res.stderr).all() and np.isfinite(res.matrix).all()
 
 
@@ -227,7 +217,7 @@ def test_skipped_batch_does_not_count_as_a_group():
     data = lowrank_batches(4, 10, seed=6) + [torch.randn(3, 12)]  # a last batch of 3: skipped (n < 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        full = cka(data)
+        full = deep_cka(data)
     assert full.n_skipped == 1 and full.n_batches == 4
-    loo = np.stack([cka(data[:g] + data[g + 1 : 4]).matrix for g in range(4)])
+    loo = np.stack([deep_cka(data[:g] + data[g + 1 : 4]).matrix for g in range(4)])
     np.testing.assert_allclose(full.stderr, jackknife_se(loo), rtol=1e-9, atol=1e-12)

@@ -9,6 +9,8 @@ import json
 import sys
 import warnings
 from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -69,6 +71,17 @@ def _shard(sd: dict, n: int) -> list[dict]:
     return [{k: sd[k] for k in keys[i::n]} for i in range(n)]
 
 
+def _save_sharded(directory: Path, sd: dict, n: int, name: str, save: Callable, index: str, **meta: Any) -> None:
+    """``sd`` in ``n`` shards ``name.format(i, n)`` (``save(part, path)``) and their HF index file."""
+    directory.mkdir()
+    weight_map = {}
+    for i, part in enumerate(_shard(sd, n)):
+        shard = name.format(i + 1, n)
+        save(part, directory / shard)
+        weight_map.update({k: shard for k in part})
+    (directory / index).write_text(json.dumps({**meta, "weight_map": weight_map}))
+
+
 def test_hf_directories_bin_and_sharded_bin(tmp_path):
     sd = mlp(4).state_dict()
     single = tmp_path / "single"
@@ -77,13 +90,8 @@ def test_hf_directories_bin_and_sharded_bin(tmp_path):
     (single / "config.json").write_text("{}")
     assert same_weights(load_checkpoint(mlp(0), single), sd)
     sharded = tmp_path / "sharded"
-    sharded.mkdir()
-    weight_map = {}
-    for i, part in enumerate(_shard(sd, 2)):
-        name = f"pytorch_model-0000{i + 1}-of-00002.bin"
-        torch.save(part, sharded / name)
-        weight_map.update({k: name for k in part})
-    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    _save_sharded(sharded, sd, 2, "pytorch_model-{:05d}-of-{:05d}.bin", torch.save, "pytorch_model.bin.index.json",
+                  metadata={})
     assert same_weights(load_checkpoint(mlp(0), str(sharded)), sd)
     # a shard the index names but the directory lacks
     (sharded / "pytorch_model-00002-of-00002.bin").unlink()
@@ -107,13 +115,7 @@ def test_hf_directories_safetensors_single_and_sharded(tmp_path):
     st.save_file(sd, one / "model.safetensors")
     assert same_weights(load_checkpoint(mlp(0), one), sd)
     many = tmp_path / "many"
-    many.mkdir()
-    weight_map = {}
-    for i, part in enumerate(_shard(sd, 3)):
-        name = f"model-0000{i + 1}-of-00003.safetensors"
-        st.save_file(part, many / name)
-        weight_map.update({k: name for k in part})
-    (many / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    _save_sharded(many, sd, 3, "model-{:05d}-of-{:05d}.safetensors", st.save_file, "model.safetensors.index.json")
     assert same_weights(load_checkpoint(mlp(0), many), sd)
 
 

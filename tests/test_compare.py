@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import simtorch
-from models import conv_net, image_mlp, loader, structured_pixels
+from models import CountForward, conv_net, image_mlp, loader, structured_pixels
 from simtorch import CKA, DeltaCKA, InformationImbalance, SimilarityModel
 from simtorch.metrics import CKAMetric
 
@@ -21,15 +21,6 @@ LAYERS_B = ["fc1", "fc2", "fc3"]
 def data_loader(n: int = 64, bs: int = 16, seed: int = 0):
     """Inputs with structure (a rank-4 signal plus noise), unshuffled."""
     return loader(structured_pixels(n, seed), bs)
-
-
-class CountForward:
-    def __init__(self, model: nn.Module) -> None:
-        self.calls = 0
-        model.register_forward_pre_hook(self)
-
-    def __call__(self, *args) -> None:
-        self.calls += 1
 
 
 def same(r1, r2) -> None:

@@ -9,10 +9,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import simtorch
-from models import conv_net, image_mlp, loader, structured_pixels
+from models import CountForward, conv_net, image_mlp, loader, structured_pixels
 from simtorch import SimilarityModel
 from simtorch import functional as F
 from simtorch.metrics import CKAMetric
@@ -21,15 +20,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see co
 
 LAYERS_A = ["conv1", "relu1", "conv2", "fc"]
 LAYERS_B = ["fc1", "fc2", "fc3"]
-
-
-class CountForward:
-    def __init__(self, model: nn.Module) -> None:
-        self.calls = 0
-        model.register_forward_pre_hook(self)
-
-    def __call__(self, *args) -> None:
-        self.calls += 1
 
 
 class Concat:

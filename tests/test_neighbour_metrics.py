@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import reference as ref
+from models import CountForward
 import simtorch
 import simtorch.functional as F
 from simtorch import CKA, CKNNA, RSA, MutualKNN, SimilarityModel, compare
@@ -289,15 +290,6 @@ def test_registry_and_declared_properties():
 
 
 # ---------------------------------------------------------------- refusals and warnings
-
-
-class CountForward:
-    def __init__(self, model: nn.Module) -> None:
-        self.calls = 0
-        model.register_forward_pre_hook(self)
-
-    def __call__(self, *args) -> None:
-        self.calls += 1
 
 
 @pytest.mark.parametrize("cls,kw,bs,match", [

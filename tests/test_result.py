@@ -12,30 +12,19 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
-from models import deep_mlp, lowrank_batches
-from simtorch import CKA, SimilarityModel, SimilarityResult
+from models import DEEP_LAYERS_A, DEEP_LAYERS_B, deep_cka, lowrank_batches
+from simtorch import SimilarityResult
 
-LAYERS_A = ["fc1", "relu1", "fc2"]
-LAYERS_B = ["fc1", "fc2"]
+LAYERS_A, LAYERS_B = DEEP_LAYERS_A, DEEP_LAYERS_B
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def cka(data: list[torch.Tensor], unbiased: bool = True, kernel: str = "linear") -> SimilarityResult:
-    a = SimilarityModel(deep_mlp(0), "A", LAYERS_A)
-    b = SimilarityModel(deep_mlp(1), "B", LAYERS_B)
-    sim = CKA(a, b, device="cpu", kernel=kernel, unbiased=unbiased, progress=False)
-    sim.compute(data)
-    assert sim.result is not None
-    return sim.result
-
-
 @pytest.fixture(scope="module")
 def result() -> SimilarityResult:
-    return cka(lowrank_batches(5, 16))
+    return deep_cka(lowrank_batches(5, 16))
 
 
 # ------------------------------------------------------------------ save / load

@@ -25,14 +25,16 @@ from simtorch.functional.cca import (  # noqa: E402
     svcca_grid,
     svcca_keep_count,
 )
-from simtorch.functional.moments import (  # noqa: E402
+from simtorch.functional.moment_grids import (  # noqa: E402
     GridMoments,
+    procrustes_grid_from_moments,
+    svcca_grid_from_moments,
+)
+from simtorch.functional.moments import (  # noqa: E402
     PairMoments,
     cca_from_moments,
     procrustes_from_moments,
-    procrustes_grid_from_moments,
     svcca_from_moments,
-    svcca_grid_from_moments,
 )
 from simtorch.functional.procrustes import pair_blocks, procrustes, procrustes_grid  # noqa: E402
 

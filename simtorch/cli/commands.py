@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,18 @@ def _loader_error(exc: BaseException, args: argparse.Namespace) -> CLIError | No
     return None
 
 
+@contextmanager
+def _loader_hints(args: argparse.Namespace) -> Iterator[None]:
+    """Turn a failure that :func:`_loader_error` recognises into its :class:`CLIError`."""
+    try:
+        yield
+    except (ValueError, RuntimeError, TypeError) as exc:
+        hint = _loader_error(exc, args)
+        if hint is None:
+            raise
+        raise hint from exc
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """``simtorch compare``: every metric from one pass, printed, saved, written, plotted.
 
@@ -92,8 +105,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     loader = make_loader(args, tokenizer=tokenizer)
     # every metric is fed from the same Grams: one forward pass per model per batch
     try:
-        out = compare(sm_a, sm_b, loader, metrics=keys, device=device, progress=not args.quiet, **resume,
-                      **{f"{k}_kwargs": metric_options(k, args) for k in keys})
+        with _loader_hints(args):
+            out = compare(sm_a, sm_b, loader, metrics=keys, device=device, progress=not args.quiet, **resume,
+                          **{f"{k}_kwargs": metric_options(k, args) for k in keys})
     except KeyboardInterrupt as exc:
         partial = getattr(exc, "simtorch_partial", None) or {}
         if partial and (args.save or args.csv or args.out):
@@ -107,11 +121,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if resume and saved:
             print(f"simtorch: the run's state is saved in {saved}: the same command continues it", file=sys.stderr)
         raise
-    except (ValueError, RuntimeError, TypeError) as exc:
-        hint = _loader_error(exc, args)
-        if hint is None:
-            raise
-        raise hint from exc
     results = [out[k] for k in keys]
     resumed = max(int(r.settings.get("resumed_batches", 0) or 0) for r in results)
     if resumed:
@@ -158,16 +167,17 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
     stems = [checkpoint_label(p) for p in args.checkpoints]
     if reference not in ("last", "first") and reference not in stems and re.fullmatch(r"-?\d+(\.\d+)?", reference):
         reference = _number(reference)  # a step number
+    layers = args.layers or (None if not is_text_model(args.arch) else model_default_layers(args.arch, template))
     try:
-        cmp = compare_checkpoints(
-            template, list(args.checkpoints), make_loader(args, tokenizer=tokenizer), metric=keys[0],
-            layers=args.layers or (None if not is_text_model(args.arch) else model_default_layers(args.arch, template)),
-            reference=reference, steps=steps, order=args.order, device=device,
-            trust_checkpoint=args.trust_checkpoint, state_key=args.state_key, strip_prefix=args.strip_prefix,
-            checkpoints_per_pass=args.per_pass, model_name=args.name or args.arch,
-            sequence=args.sequence or ("mean" if tokenizer is not None else "flatten"), progress=not args.quiet,
-            **metric_options(keys[0], args),
-        )
+        with _loader_hints(args):
+            cmp = compare_checkpoints(
+                template, list(args.checkpoints), make_loader(args, tokenizer=tokenizer), metric=keys[0], layers=layers,
+                reference=reference, steps=steps, order=args.order, device=device,
+                trust_checkpoint=args.trust_checkpoint, state_key=args.state_key, strip_prefix=args.strip_prefix,
+                checkpoints_per_pass=args.per_pass, model_name=args.name or args.arch,
+                sequence=args.sequence or ("mean" if tokenizer is not None else "flatten"), progress=not args.quiet,
+                **metric_options(keys[0], args),
+            )
     except KeyboardInterrupt as exc:
         partial = getattr(exc, "simtorch_partial", None)
         outputs = args.save or args.csv or args.out or args.heatmap
@@ -180,11 +190,6 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         elif outputs:
             print("simtorch: interrupted before the first batch completed: nothing to write", file=sys.stderr)
         raise
-    except (ValueError, RuntimeError, TypeError) as exc:
-        hint = _loader_error(exc, args)
-        if hint is None:
-            raise
-        raise hint from exc
     print_comparison(cmp)
     write_comparison(args, cmp)
     return 0

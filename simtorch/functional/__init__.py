@@ -108,15 +108,8 @@ from .kernels import (
     sq_distances,
     u_center_gram,
 )
-from .moments import (
-    GridMoments,
-    PairMoments,
-    cca_from_moments,
-    procrustes_from_moments,
-    procrustes_grid_from_moments,
-    svcca_from_moments,
-    svcca_grid_from_moments,
-)
+from .moment_grids import GridMoments, procrustes_grid_from_moments, svcca_grid_from_moments
+from .moments import PairMoments, cca_from_moments, procrustes_from_moments, svcca_from_moments
 from .neighbours import (
     CKNNA_EPS,
     cknna,

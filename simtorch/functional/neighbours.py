@@ -45,7 +45,8 @@ CKNNA_EPS = 1e-6
 NORM_EPS = 1e-12
 
 
-def _flat(x: Tensor, name: str) -> Tensor:
+def float_samples(x: Tensor, name: str) -> Tensor:
+    """Check that ``x`` is a floating-point tensor of shape ``(n, ...)`` and flatten it to ``(n, d)``."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -56,7 +57,7 @@ def _flat(x: Tensor, name: str) -> Tensor:
 
 
 def _pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    xf, yf = _flat(x, "x"), _flat(y, "y")
+    xf, yf = float_samples(x, "x"), float_samples(y, "y")
     if xf.shape[0] != yf.shape[0]:
         raise ValueError(f"x and y must hold the same samples: x has {xf.shape[0]} rows, y has {yf.shape[0]}")
     return xf.double(), yf.double()

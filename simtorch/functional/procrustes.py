@@ -228,6 +228,21 @@ def _finish(nuc: Tensor, sq_x: Tensor, sq_y: Tensor, score: str) -> Tensor:
     return cos if score == "cosine" else torch.arccos(cos)
 
 
+def shape_grid(nuc: Tensor, sq_a: Tensor, sq_b: Tensor, score: str, constant_a: Sequence[bool],
+               constant_b: Sequence[bool], device: torch.device) -> ShapeGrid:
+    """The :class:`ShapeGrid` of ``score`` from the ``(la, lb)`` nuclear norms and squared
+    norms; the angular and cosine cells of a constant layer (``constant_a``/``constant_b``,
+    one flag per layer) are NaN and marked invalid."""
+    values = _finish(nuc, sq_a, sq_b, score)
+    bad_a = torch.tensor(list(constant_a), device=device)
+    bad_b = torch.tensor(list(constant_b), device=device)
+    invalid = torch.zeros(len(constant_a), len(constant_b), dtype=torch.bool, device=device)
+    if score != "euclidean":
+        invalid = bad_a[:, None] | bad_b[None, :]
+        values = values.masked_fill(invalid, float("nan"))
+    return ShapeGrid(values, invalid, bad_a, bad_b)
+
+
 def procrustes(x: Tensor, y: Tensor, score: ProcrustesScore = "angular", alpha: float = 1.0) -> Tensor:
     """Procrustes shape distance (or cosine similarity) between two representations.
 
@@ -333,11 +348,4 @@ def procrustes_grid(
         cx = ca.gather(1, k)
         cy = cb.gather(1, k.T).T
         nuc, sq_a, sq_b = nuc * cx * cy, sq_a * cx * cx, sq_b * cy * cy
-    values = _finish(nuc, sq_a, sq_b, score)
-    bad_a = torch.tensor([f.constant for f in fa], device=dev)
-    bad_b = torch.tensor([f.constant for f in fb], device=dev)
-    invalid = torch.zeros(la, lb, dtype=torch.bool, device=dev)
-    if score != "euclidean":
-        invalid = bad_a[:, None] | bad_b[None, :]
-        values = values.masked_fill(invalid, float("nan"))
-    return ShapeGrid(values, invalid, bad_a, bad_b)
+    return shape_grid(nuc, sq_a, sq_b, score, [f.constant for f in fa], [f.constant for f in fb], dev)

@@ -29,6 +29,8 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
+from .neighbours import float_samples
+
 __all__ = ["rsa", "rdm_vector", "rdm_stack", "rdm_from_gram", "rsa_grid", "average_ranks"]
 
 Rdm = Literal["euclidean", "correlation"]
@@ -37,15 +39,10 @@ _COMPARES = ("spearman", "pearson", "corr", "cosine")
 
 
 def _flat(x: Tensor, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}; cast it with .float()")
-    if x.dim() < 2:
-        raise ValueError(f"{name} must have shape (n, d) or (n, ...), got {tuple(x.shape)}")
-    if x.shape[0] < 3:
-        raise ValueError(f"{name}: RSA needs at least 3 samples (an RDM of >= 3 entries), got n={x.shape[0]}")
-    return x.reshape(x.shape[0], -1).double()
+    xf = float_samples(x, name)
+    if xf.shape[0] < 3:
+        raise ValueError(f"{name}: RSA needs at least 3 samples (an RDM of >= 3 entries), got n={xf.shape[0]}")
+    return xf.double()
 
 
 def _check_rdm(rdm: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _base
 from ._base import describe_estimator, pyplot
-from .lines import finite_span, fit_legend, line_styles, value_ylim
+from .lines import finite_span, fit_legend, light_frame, line_styles, value_ylim
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -156,9 +156,7 @@ def plot_diagonal(
         title = (f"{head}each layer of {first.model_a} and the {what} in {first.model_b}" if same_pair
                  else f"{head}each layer and the {what}")
     ax.set_title(title, fontsize=11)
-    ax.grid(True, alpha=0.3, lw=0.6)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    light_frame(ax)
     if len(items) > 1:
         fit_legend(ax, len(items), None)
     if use_depth:
@@ -283,9 +281,7 @@ def plot_trend_with_range(
     if title is None:
         title = f"{describe_estimator(metric) if metric is not None else 'similarity'} over runs"
     ax.set_title(title)
-    ax.grid(True, alpha=0.3, lw=0.6)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    light_frame(ax)
     ax.legend(loc="best", frameon=False, fontsize=8)
     if x is None and names is not None and len(names) == npts:
         ax.set_xlabel(xlabel if xlabel is not None else "layer")

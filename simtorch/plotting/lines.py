@@ -16,7 +16,7 @@ from .layer_ticks import axes_size_pt
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["line_styles", "fit_legend", "value_ylim", "finite_span"]
+__all__ = ["line_styles", "fit_legend", "value_ylim", "finite_span", "light_frame"]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
@@ -75,3 +75,9 @@ def finite_span(values: np.ndarray, err: np.ndarray | None) -> tuple[float | Non
     lo, hi = _base.finite_range(lo_v), _base.finite_range(hi_v)
     return (lo[0] if lo else None), (hi[1] if hi else None)
 
+
+def light_frame(ax: "Axes") -> None:
+    """The line plots' frame: a faint grid, no top or right spine."""
+    ax.grid(True, alpha=0.3, lw=0.6)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)

@@ -18,7 +18,7 @@ from . import _base
 from ._base import pyplot
 from .diagonal import diagonal_values, plot_diagonal, plot_trend_with_range
 from .heatmap import plot_heatmap
-from .lines import finite_span, fit_legend, line_styles, value_ylim
+from .lines import finite_span, fit_legend, light_frame, line_styles, value_ylim
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -163,9 +163,7 @@ def plot_checkpoint_trend(
     if title is None:
         title = f"Layer {metric} with the checkpoint at {ref} over training"
     ax.set_title(title)
-    ax.grid(True, alpha=0.3, lw=0.6)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    light_frame(ax)
     fit_legend(ax, n, "layer")
     ax.figure.tight_layout()
     if fit_legend(ax, n, "layer"):  # columns for the final height
