@@ -31,7 +31,8 @@ from ._base import (
     supported_suffixes,
 )
 from .diagonal import diagonal_values, plot_diagonal, plot_trend_with_range
-from .heatmap import plot_heatmap, plot_result, plot_results
+from .heatmap import plot_heatmap
+from .results_figures import plot_result, plot_results
 from .layer_ticks import shorten_labels
 from .lines import line_styles
 from .plane import plot_information_plane, repel_labels, reverse_result
