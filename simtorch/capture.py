@@ -1,0 +1,190 @@
+"""Capture: the engine's hooks that turn each chosen layer's output into a centred Gram.
+
+Per forward pass, each hook reduces its layer's output to one ``(n, d)`` tensor (the
+:class:`~simtorch.model.SimilarityModel` says how), takes the ``(n, n)`` Gram of its
+column-centred rows (plus, when a metric asked, transformed features or the uncentred parts
+of the raw inner products), so the activation can be freed as soon as the next layer has
+consumed it: memory is O(layers · n²), never O(layers · n · d).
+
+How the Gram is made: on the CPU without the mean pass
+(:func:`~simtorch.functional.quick_centred_gram`: the activation is multiplied as it is,
+or minus the mean of its first few rows, with one fused subtraction at most; the product
+is double-centred and checked to be as precise as one of exactly centred rows, else
+redone). It depends on the batch alone, never on the batches before. The raw-product
+parts (which need the exact mean) and accelerators use the exact mean
+(:func:`~simtorch.functional.centred_gram`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+
+if TYPE_CHECKING:
+    from .model import SimilarityModel
+
+__all__ = ["Workspace", "LayerCapture"]
+
+
+class Workspace:
+    """Buffers reused from batch to batch.
+
+    The per-batch temporaries are large (a layer's centred activation, float64 stacks of
+    ``L × n × n``) and freshly allocated ones are returned to the OS when freed, so every
+    batch would pay page faults on megabytes of memory: measured here, as much as the
+    arithmetic itself. Tensors handed out are valid until the same key is asked for again.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, Tensor] = {}
+
+    def get(self, key: tuple, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        numel = 1
+        for s in shape:
+            numel *= s
+        k = (key, dtype, device)
+        buf = self._bufs.get(k)
+        if buf is None or buf.numel() < numel:
+            buf = self._bufs[k] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+
+def _gram_dtype(t: Tensor) -> torch.dtype:
+    return F.gram_dtype(t.dtype)
+
+
+class LayerCapture:
+    """What the hooks on one SimilarityModel's layers write during a forward pass: each
+    layer's Gram (into a slot of a stack reused from batch to batch), its energy and, if a
+    metric asked, its transformed features and raw-product parts. :meth:`reset` before each
+    forward pass, :meth:`check` after it."""
+
+    def __init__(
+        self,
+        sm: "SimilarityModel",
+        workspace: Workspace,
+        feature_fn: Callable[[Tensor], Tensor] | None = None,
+        raw_products: bool = False,
+        autocast: bool = False,
+    ) -> None:
+        self.sm = sm
+        self.n_layers = len(sm.layer_names)
+        self.workspace = workspace
+        self.feature_fn = feature_fn
+        self.raw_products = raw_products
+        #: hooks only need to leave autocast when the forward pass runs under it
+        self.autocast = autocast
+        self.reset(0)
+
+    def reset(self, n: int, inputs: Any = None) -> None:
+        self.n = n
+        self.inputs = inputs
+        self.calls = [0] * self.n_layers
+        self.grams: list[Tensor | None] = [None] * self.n_layers
+        self.energy: list[Tensor | None] = [None] * self.n_layers
+        self.features: list[Tensor | None] = [None] * self.n_layers
+        self.raw: list[tuple[Tensor, Tensor, Tensor, Tensor] | None] = [None] * self.n_layers
+        self.stack: Tensor | None = None
+
+    # ------------------------------------------------------------------ hooks
+    @contextmanager
+    def attached(self) -> Iterator[None]:
+        """Hooks on every selected layer for the duration of the block, the model in the
+        mode the SimilarityModel asks for; both undone on exit, even on error."""
+        handles = []
+        with self.sm.restoring():
+            try:
+                for i, name in enumerate(self.sm.layer_names):
+                    handles.append(self.sm.module(name).register_forward_hook(self._hook(i, name)))
+                yield
+            finally:
+                for h in handles:
+                    h.remove()
+
+    def _hook(self, i: int, name: str) -> Callable[..., None]:
+        want = self.sm.call_index(name)
+        sm = self.sm
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            call = self.calls[i]
+            self.calls[i] += 1
+            if want is None and call > 0:
+                raise RuntimeError(
+                    f"{sm.model_name}: module {name!r} ran more than once in one forward pass "
+                    f"(a shared or reused module). Say which call to compare with "
+                    f"SimilarityModel(..., call_index={{{name!r}: 0}}) for the first, or -1 for the last."
+                )
+            if want is not None and want >= 0 and call != want:
+                return
+            t = sm.reduce(name, output, self.n, self.inputs).detach()
+            # under autocast the Gram must still be a float32 product, not a bf16/fp16 one
+            with torch.autocast(device_type=t.device.type, enabled=False) if self.autocast else nullcontext():
+                self._capture(i, t)
+
+        return hook
+
+    def _capture(self, i: int, t: Tensor) -> None:
+        scratch, out = self._scratch(t), self._slot(i, t)
+        mu = None
+        if self.raw_products or t.device.type != "cpu":
+            g, e, mu = F.centred_gram(t, scratch=scratch, out=out)
+        else:
+            g, e = F.quick_centred_gram(t, scratch, out)
+        self.grams[i] = g
+        self.energy[i] = e
+        if self.feature_fn is not None:
+            self.features[i] = self.feature_fn(F.flatten_samples(t))
+        if self.raw_products:
+            assert mu is not None
+            x = F.flatten_samples(t).to(g.dtype)
+            mu = mu[0]
+            mu_sq = (mu.to(torch.float64) ** 2).sum()
+            # X_c μ = X μ − ‖μ‖² 1: with the centred Gram it rebuilds X Xᵀ exactly
+            self.raw[i] = ((x @ mu).to(torch.float64) - mu_sq, mu_sq, x.sum(dim=1).to(torch.float64),
+                           torch.tensor(float(x.shape[1]), dtype=torch.float64, device=x.device))
+
+    def _scratch(self, t: Tensor) -> Tensor:
+        """A reusable buffer for the centred copy of ``t`` (one per dtype and device: the
+        hooks of one forward pass run one after another, DataParallel replicas on
+        different devices)."""
+        return self.workspace.get(("activation",), (t.numel(),), _gram_dtype(t), t.device)
+
+    def _slot(self, i: int, t: Tensor) -> Tensor:
+        """Where layer ``i``'s Gram goes: row ``i`` of an ``(L, n, n)`` stack reused across
+        batches, so no per-batch ``torch.stack`` copy is needed."""
+        if self.stack is None:
+            self.stack = self.workspace.get(("grams", id(self)), (self.n_layers, self.n, self.n),
+                                            _gram_dtype(t), t.device)
+        return self.stack[i]
+
+    # ------------------------------------------------------------------ after the pass
+    def check(self) -> None:
+        """Every layer fired (and often enough for its call_index)."""
+        for i, name in enumerate(self.sm.layer_names):
+            want = self.sm.call_index(name)
+            calls = self.calls[i]
+            if calls == 0:
+                raise RuntimeError(
+                    f"{self.sm.model_name}: layer {name!r} never ran during the forward pass; it is not "
+                    "on the path from the input to the output (check the model's forward and "
+                    "SimilarityModel.available_layers())"
+                )
+            if want is not None and (want >= calls or -want > calls):
+                raise RuntimeError(
+                    f"{self.sm.model_name}: call_index {want} asked for layer {name!r}, which ran {calls} time(s)"
+                )
+
+    def stacked(self) -> Tensor:
+        """The ``(L, n, n)`` Grams of the last forward pass."""
+        grams = self.grams
+        if self.stack is not None and all(
+            g is not None and g.data_ptr() == self.stack[i].data_ptr() for i, g in enumerate(grams)
+        ):
+            return self.stack
+        return torch.stack([g for g in grams])  # type: ignore[misc]  # layers of mixed dtype/device
