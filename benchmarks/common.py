@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -28,7 +29,6 @@ from torch import nn  # noqa: E402
 
 import simtorch  # noqa: E402
 from simtorch import SimilarityModel  # noqa: E402
-from simtorch import functional as SF  # noqa: E402
 from simtorch.data import synthetic_images  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -181,7 +181,9 @@ def make_loader(n: int, image_size: int, batch: int, device: torch.device) -> to
 
 def wrap(w: Workload, ma: nn.Module, mb: nn.Module) -> tuple[SimilarityModel, SimilarityModel]:
     names = ("ResNet-18", "ResNet-34") if w.kind == "resnet" else ("stack-0", "stack-1")
-    return (SimilarityModel(ma, names[0], list(w.layers)), SimilarityModel(mb, names[1], list(w.layers)))
+    # names and globs as written (W1's "conv1" is that one module)
+    kw = {"match": "exact"} if "match" in inspect.signature(SimilarityModel).parameters else {}
+    return (SimilarityModel(ma, names[0], list(w.layers), **kw), SimilarityModel(mb, names[1], list(w.layers), **kw))
 
 
 # ----------------------------------------------------------------------------- phases
@@ -201,16 +203,16 @@ def forward_only(models: tuple[nn.Module, ...], loader: Any, device: torch.devic
 
 
 def grams_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: torch.device) -> Callable[[], None]:
-    """Forward passes plus one ``functional.linear_gram`` per hooked layer (the Gram of the
-    column-centred activation, float32), the result dropped: the cost of the Grams alone,
-    with plain hooks registered once, no stacking, no HSIC."""
+    """Forward passes plus one bare GEMM ``X Xᵀ`` per hooked layer (the activation flattened,
+    float32, no centring, the result dropped): the floor of exact Grams ("forward + bare
+    GEMM Grams", issue 12), with plain hooks registered once, no stacking, no HSIC."""
 
     def run() -> None:
-        keep: list[Any] = [None]
         handles = []
 
         def hook(mod: nn.Module, args: Any, out: Any) -> None:
-            keep[0] = SF.linear_gram(out)
+            x = out.detach().reshape(out.shape[0], -1)
+            torch.mm(x, x.T)
 
         try:
             for sm in (sa, sb):
@@ -233,7 +235,8 @@ def engine_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: t
     Grams, per-batch hook/mode set-up, stacking and checks, but no HSIC. ``None`` when the
     engine's internal API is not there (it is not public and may change)."""
     try:
-        from simtorch.engine import Metric, stream
+        from simtorch.engine import stream
+        from simtorch.metrics import Computed, Metric
     except ImportError:
         return None
 
@@ -243,8 +246,8 @@ def engine_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: t
         def update(self, batch: Any) -> None:
             pass
 
-        def result(self) -> None:
-            return None
+        def compute(self) -> Computed:
+            return Computed(torch.zeros(self.binding.layers_a, self.binding.layers_b))
 
     def run() -> None:
         stream(sa, sb, loader, [NoOp()], device, progress=False)
@@ -253,10 +256,11 @@ def engine_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: t
 
 
 def similarity(w: Workload, sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: torch.device,
-               out: dict) -> Callable[[], None]:
-    """The similarity computation under test; the CKA grid lands in ``out['grid']``."""
+               out: dict, metric: str | None = None) -> Callable[[], None]:
+    """The similarity computation under test (``metric`` overrides the workload's); the
+    CKA grid lands in ``out['grid']``."""
 
-    if w.metric == "cka":
+    if (metric or w.metric) == "cka":
 
         def run() -> None:
             out["grid"] = simtorch.CKA(sa, sb, device=device, progress=False).compute(loader)

@@ -1,7 +1,9 @@
-"""Where does simtorch's time above forward-only go?  (diagnosis helper for issue 5)
+"""Where does simtorch's time above forward-only go?  (diagnosis helper for issues 5 and 12)
 
     python benchmarks/profile_engine.py --workload W1 --threads 1
     python benchmarks/profile_engine.py --workload W1-many --n 512 --table
+    python benchmarks/profile_engine.py --workload W1 --baseline     # the Gram path before issue 12
+    python benchmarks/profile_engine.py --workload W1 --peer         # also profile pytorch-cka
 
 Runs `forward-only` and the similarity computation once each under torch.profiler, with
 the engine's pieces wrapped in ``record_function`` ranges by monkeypatching *this process
@@ -29,8 +31,8 @@ import common as C  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-RANGES = ["hook:gram", "hook:reduce", "capturing:enter", "capturing:exit", "engine:stack", "engine:finite_guard",
-          "metric:to_float64", "metric:centre"]
+RANGES = ["hook:gram", "hook:gram(exact)", "hook:reduce", "capture:attach", "capture:detach", "engine:stack",
+          "engine:finite_guard", "metric:to_float64", "metric:centre", "metric:ii_rows", "metric:ii_sums"]
 
 
 def _wrap(obj: object, attr: str, label: str) -> None:
@@ -45,29 +47,34 @@ def _wrap(obj: object, attr: str, label: str) -> None:
 
 
 def instrument() -> None:
+    import simtorch.capture as Cap
     import simtorch.engine as E
+    import simtorch.placement as P
     from simtorch import functional as F
+    from simtorch.metrics import Metric
     from simtorch.model import sim_model as M
 
-    _wrap(F, "linear_gram", "hook:gram")
-    _wrap(M.SimilarityModel, "_reduce", "hook:reduce")
+    # the hooks call these through the functional package the capture imported
+    _wrap(F, "quick_centred_gram", "hook:gram")
+    _wrap(F, "centred_gram", "hook:gram(exact)")
+    _wrap(F, "ii_gram_rows", "metric:ii_rows")
+    _wrap(F, "ii_rows_sums", "metric:ii_sums")
+    _wrap(M.SimilarityModel, "reduce", "hook:reduce")
     _wrap(E, "_stack", "engine:stack")
-    _wrap(E._FiniteGuard, "add", "engine:finite_guard")
+    _wrap(P.FiniteGuard, "add", "engine:finite_guard")
     _wrap(F, "kernel_stack", "metric:to_float64")
     _wrap(F, "centered_flat", "metric:centre")
-    from simtorch.engine import Metric
-
     for cls in _subclasses(Metric):
         if "update" in cls.__dict__:
             _wrap(cls, "update", f"metric:update:{cls.__name__}")
-        if "result" in cls.__dict__:
-            _wrap(cls, "result", f"metric:result:{cls.__name__}")
-    orig = M.SimilarityModel.capturing
+        if "compute" in cls.__dict__:
+            _wrap(cls, "compute", f"metric:compute:{cls.__name__}")
+    orig = Cap.LayerCapture.attached
 
     @contextlib.contextmanager
-    def capturing(self, sink):
-        cm = orig(self, sink)
-        with record_function("capturing:enter"):
+    def attached(self):
+        cm = orig(self)
+        with record_function("capture:attach"):
             cm.__enter__()
         try:
             yield
@@ -75,10 +82,10 @@ def instrument() -> None:
             if not cm.__exit__(*sys.exc_info()):
                 raise
         else:
-            with record_function("capturing:exit"):
+            with record_function("capture:detach"):
                 cm.__exit__(None, None, None)
 
-    M.SimilarityModel.capturing = capturing
+    Cap.LayerCapture.attached = attached
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -112,7 +119,15 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--table", action="store_true", help="also print the top aten ops of both runs")
+    ap.add_argument("--baseline", action="store_true",
+                    help="hooks use the Gram path before issue 12 (prototypes/old_gram.py), for a before/after")
+    ap.add_argument("--peer", action="store_true", help="also profile pytorch-cka (the bench extra) on the same loader")
     args = ap.parse_args()
+    if args.baseline:
+        sys.path.insert(0, str(Path(__file__).resolve().parent / "prototypes"))
+        import old_gram
+
+        old_gram.patch()
     C.set_threads(args.threads)
     dev = torch.device("cpu")
     w = C.WORKLOADS[args.workload]
@@ -123,10 +138,17 @@ def main() -> int:
     fwd = C.forward_only((ma, mb), loader, dev)
     sim = C.similarity(w, sa, sb, loader, dev, {})
     gflop, fflop = gram_flops(sa, sb, next(iter(loader))[0])
-    fwd(), sim()  # warm-up
+    todo = [("forward", fwd), ("sim", sim)]
+    if args.peer:
+        import cka
+
+        todo.append(("pytorch-cka", lambda: cka.compute_cka(ma, mb, loader, layers=sa.layer_names,
+                                                             model2_layers=sb.layer_names, device="cpu", progress=False)))
+    for _, fn in todo:  # warm-up
+        fn()
     instrument()
     res = {}
-    for name, fn in (("forward", fwd), ("sim", sim)):
+    for name, fn in todo:
         with profile(activities=[ProfilerActivity.CPU]) as p:
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
@@ -137,7 +159,17 @@ def main() -> int:
           f"grid {len(sa.layer_names)}x{len(sb.layer_names)}")
     print(f"Gram FLOPs / forward FLOPs per batch: {gflop / 1e9:.2f} / {fflop / 1e9:.2f} GFLOP = {gflop / fflop:.1%}")
     print(f"forward-only: wall {fw_wall:.3f} s, CPU {fw_cpu:.3f} s;  sim: wall {sw_wall:.3f} s, CPU {sw_cpu:.3f} s "
-          f"(ratio wall {sw_wall / fw_wall:.3f}, CPU {sw_cpu / fw_cpu:.3f}; profiler overhead included)")
+          f"(ratio wall {sw_wall / fw_wall:.3f}, CPU {sw_cpu / fw_cpu:.3f}; profiler overhead included)"
+          + ("  [baseline: the Gram path before issue 12]" if args.baseline else ""))
+    if "pytorch-cka" in res:
+        pw, pc, _ = res["pytorch-cka"]
+        print(f"pytorch-cka: wall {pw:.3f} s, CPU {pc:.3f} s (ratio wall {pw / fw_wall:.3f}, CPU {pc / fw_cpu:.3f}); "
+              f"simtorch ÷ pytorch-cka: wall {sw_wall / pw:.3f}, CPU {sw_cpu / pc:.3f}")
+    mm_f = sum(e.self_cpu_time_total for e in pf.key_averages() if e.key == "aten::mm") / 1e3
+    for name, (_, _, p) in res.items():
+        conv = sum(e.self_cpu_time_total for e in p.key_averages() if e.key == "aten::mkldnn_convolution") / 1e3
+        mm = sum(e.self_cpu_time_total for e in p.key_averages() if e.key == "aten::mm") / 1e3
+        print(f"  {name:12s} convolutions {conv / n_batches:8.1f} ms/batch, aten::mm {(mm - mm_f) / n_batches:7.1f} ms/batch")
     ka = {e.key: e for e in ps.key_averages()}
     print(f"\n{'range (inclusive CPU time)':28s} {'ms/batch':>9s} {'% of fwd':>9s} {'calls':>7s}")
     names = [r for r in RANGES if r in ka]

@@ -1,0 +1,241 @@
+"""simtorch against its fastest peer, pytorch-cka, side by side (issue 12).
+
+    python benchmarks/peers.py                          # W1, W1-wide, W1-many; 3 repeats; 2 threads
+    python benchmarks/peers.py --workloads W1 --repeats 5 --n 512
+
+Needs the optional ``bench`` extra (``pip install -e .[bench]``, i.e. ``pytorch-cka`` from
+PyPI, import name ``cka``); without it the script says so and stops.
+
+Every repeat of every workload is **one fresh process**: it builds the models and loader,
+warms each phase up on two batches, then times ``forward`` (both models under
+``torch.inference_mode``, nothing else), ``pytorch-cka``
+(``cka.compute_cka(m1, m2, loader, layers=..., model2_layers=..., device=..., progress=False)``,
+its uncentred float32 Grams and float32 HSIC) and ``simtorch`` (``simtorch.CKA``, linear
+unbiased, the default) once each, in an order rotated from repeat to repeat. Ratios are
+paired within a process (so drifts of a shared machine cancel); the table gives their median
+over repeats and the ratio of the fastest runs (min/min). Both grids are compared with the
+float64 reference of ``common.reference_grid`` (the same unbiased minibatch estimator,
+models run in float64; cached under ``benchmarks/results/cache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+PEER_WORKLOADS = ["W1", "W1-wide", "W1-many"]
+PHASES = ["forward", "pytorch-cka", "simtorch"]
+
+
+def have_peer() -> str | None:
+    """pytorch-cka's version, or None when it is not installed."""
+    try:
+        import cka  # noqa: F401
+    except ImportError:
+        return None
+    return getattr(sys.modules["cka"], "__version__", "?")
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def worker(cfg: dict) -> dict:
+    import torch
+
+    import cka
+    import common as C
+
+    C.set_threads(cfg["threads"])
+    device = torch.device(cfg["device"])
+    w = C.WORKLOADS[cfg["workload"]]
+    n = cfg.get("n") or w.n
+    ma, mb = C.build_models(w)
+    ma.to(device), mb.to(device)
+    loader = C.make_loader(n, w.image_size, w.batch, device)
+    sa, sb = C.wrap(w, ma, mb)
+    out: dict = {}
+
+    def peer(dl) -> object:
+        return cka.compute_cka(ma, mb, dl, layers=sa.layer_names, model2_layers=sb.layer_names,
+                               device=cfg["device"], progress=False)[0]
+
+    def run_peer() -> None:
+        out["peer"] = peer(loader)
+
+    phases = {"forward": C.forward_only((ma, mb), loader, device), "pytorch-cka": run_peer,
+              "simtorch": C.similarity(w, sa, sb, loader, device, out, metric="cka")}
+    warm = C.make_loader(2 * w.batch, w.image_size, w.batch, device)
+    C.forward_only((ma, mb), warm, device)()
+    peer(warm)
+    C.similarity(w, sa, sb, warm, device, {}, metric="cka")()
+    r = cfg["repeat"]
+    order = PHASES[r % 3:] + PHASES[: r % 3]
+    rec: dict = {"workload": w.name, "n": n, "repeat": r, "order": order, "grid": [len(sa.layer_names), len(sb.layer_names)],
+                 "threads": torch.get_num_threads()}
+    for k in order:
+        rec[k] = C.timed(phases[k], device)
+    if cfg.get("accuracy"):
+        t0 = time.perf_counter()
+        key = {"n": n, "size": w.image_size, "batch": w.batch, "layers": [str(x) for x in w.layers],
+               "kind": w.kind, "device": device.type}
+        ref64, hit = C.cached_reference(
+            key, lambda: C.reference_grid(ma, mb, sa.layer_names, sb.layer_names, loader, device, torch.float64),
+            use_cache=cfg.get("ref_cache", True))
+        rec["err_simtorch"] = C.max_abs_err(out["grid"], ref64)
+        rec["err_pytorch_cka"] = C.max_abs_err(out["peer"].double().cpu(), ref64)
+        rec["ref_cached"], rec["ref_s"] = hit, time.perf_counter() - t0
+    return rec
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def spawn(cfg: dict) -> dict:
+    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
+        path = f.name
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(cfg), "--_out", path]
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            return {"error": (p.stderr or p.stdout)[-2000:]}
+        return json.loads(Path(path).read_text())
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def summarise(runs: list[dict]) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[0]["error"] if runs else "no runs"}
+
+    def wall(r: dict, k: str) -> float:
+        return r[k]["wall_s"]
+
+    def paired(a: str, b: str) -> float:
+        return statistics.median(wall(r, a) / wall(r, b) for r in ok)
+
+    def minmin(a: str, b: str) -> float:
+        return min(wall(r, a) for r in ok) / min(wall(r, b) for r in ok)
+
+    acc = next((r for r in ok if "err_simtorch" in r), {})
+    return {
+        "repeats": len(ok), "grid": ok[0]["grid"], "n": ok[0]["n"],
+        "forward_s": statistics.median(wall(r, "forward") for r in ok),
+        "peer_over_fwd": paired("pytorch-cka", "forward"), "peer_over_fwd_min": minmin("pytorch-cka", "forward"),
+        "sim_over_fwd": paired("simtorch", "forward"), "sim_over_fwd_min": minmin("simtorch", "forward"),
+        "sim_over_peer": paired("simtorch", "pytorch-cka"), "sim_over_peer_min": minmin("simtorch", "pytorch-cka"),
+        "sim_over_peer_per_repeat": [wall(r, "simtorch") / wall(r, "pytorch-cka") for r in ok],
+        "err_pytorch_cka": acc.get("err_pytorch_cka"), "err_simtorch": acc.get("err_simtorch"),
+        "peak_rss_sim_mib": statistics.median(r["simtorch"]["peak_rss_mib"] for r in ok),
+        "peak_rss_peer_mib": statistics.median(r["pytorch-cka"]["peak_rss_mib"] for r in ok),
+        "peak_rss_fwd_mib": statistics.median(r["forward"]["peak_rss_mib"] for r in ok),
+    }
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    return "—" if x is None or x != x else format(x, spec)
+
+
+def table(results: dict, peer_version: str) -> str:
+    lines = [f"| workload | grid | forward s | pytorch-cka {peer_version} ÷ forward (median / min) | simtorch ÷ forward "
+             "(median / min) | **simtorch ÷ pytorch-cka** (median / min) | max\\|Δ\\| vs float64 (pytorch-cka / simtorch) "
+             "| peak RSS fwd / peer / simtorch MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, s in results.items():
+        if "error" in s:
+            lines.append(f"| {name} | ERROR: {s['error'].strip().splitlines()[-1][:120]} |" + " |" * 6)
+            continue
+        lines.append(
+            f"| {name} | {s['grid'][0]}×{s['grid'][1]} | {fmt(s['forward_s'], '.2f')} | {fmt(s['peer_over_fwd'])} / "
+            f"{fmt(s['peer_over_fwd_min'])} | {fmt(s['sim_over_fwd'])} / {fmt(s['sim_over_fwd_min'])} | "
+            f"**{fmt(s['sim_over_peer'])}** / {fmt(s['sim_over_peer_min'])} | "
+            f"{fmt(s['err_pytorch_cka'], '.1e')} / {fmt(s['err_simtorch'], '.1e')} | "
+            f"{s['peak_rss_fwd_mib']:.0f} / {s['peak_rss_peer_mib']:.0f} / {s['peak_rss_sim_mib']:.0f} |")
+    out = ["", "Targets (issue 12):"]
+    for name, s in results.items():
+        if "error" in s:
+            continue
+        ok = s["sim_over_peer"] <= 1.0 and s["sim_over_peer_min"] <= 1.0
+        out.append(f"  {'✓' if ok else '✗'} {name}: simtorch ÷ pytorch-cka ≤ 1.00 (median and min): "
+                   f"{s['sim_over_peer']:.3f} / {s['sim_over_peer_min']:.3f}")
+        if s["err_simtorch"] is not None:
+            out.append(f"  {'✓' if s['err_simtorch'] <= 1e-6 else '✗'} {name}: simtorch max|Δ| vs float64 ≤ 1e-6: "
+                       f"{s['err_simtorch']:.1e} (pytorch-cka {s['err_pytorch_cka']:.1e})")
+    return "\n".join(lines + out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", default=",".join(PEER_WORKLOADS), help=f"comma-separated subset of {PEER_WORKLOADS}")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per workload (≥ 3)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n", type=int, default=None, help="samples (default: the workload's, 1024)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--json", default=None, help="where to write the JSON (default benchmarks/results/peers-<time>.json)")
+    ap.add_argument("--no-ref-cache", action="store_true", help="recompute the float64 references")
+    ap.add_argument("--_worker", help=argparse.SUPPRESS)
+    ap.add_argument("--_out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._worker:
+        Path(args._out).write_text(json.dumps(worker(json.loads(args._worker))))
+        return 0
+    if args.repeats < 3:
+        ap.error("--repeats must be at least 3")
+    version = have_peer()
+    if version is None:
+        print("pytorch-cka is not installed: pip install -e '.[bench]' (PyPI: pytorch-cka, import name cka)")
+        return 2
+    chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    bad = [w for w in chosen if w not in PEER_WORKLOADS]
+    if bad:
+        ap.error(f"unknown workloads {bad}; choose from {PEER_WORKLOADS}")
+    import torch
+
+    t_start = time.perf_counter()
+    results, raw = {}, {}
+    for name in chosen:
+        runs = []
+        for r in range(args.repeats):
+            cfg = {"workload": name, "repeat": r, "threads": args.threads, "device": args.device, "n": args.n,
+                   "accuracy": r == args.repeats - 1, "ref_cache": not args.no_ref_cache}
+            rec = spawn(cfg)
+            runs.append(rec)
+            if "error" in rec:
+                print(f"  {name} repeat {r}: {rec['error'][-1500:]}", flush=True)
+            else:
+                print(f"  {name} repeat {r} ({'/'.join(rec['order'])}): forward {rec['forward']['wall_s']:.2f} s, "
+                      f"pytorch-cka {rec['pytorch-cka']['wall_s']:.2f} s, simtorch {rec['simtorch']['wall_s']:.2f} s",
+                      flush=True)
+        raw[name] = runs
+        results[name] = summarise(runs)
+    meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "python": platform.python_version(), "torch": torch.__version__, "pytorch_cka": version,
+            "threads": args.threads, "device": args.device, "cpu_count": os.cpu_count(),
+            "total_s": time.perf_counter() - t_start}
+    text = table(results, version)
+    print()
+    print(f"{meta['date']}  {meta['command']}  (torch {meta['torch']}, {args.threads} threads, {args.device})")
+    print(text)
+    path = Path(args.json) if args.json else HERE / "results" / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "results": results, "runs": raw, "table": text}, indent=1, default=str))
+    print(f"\nJSON: {path}  (total {meta['total_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
