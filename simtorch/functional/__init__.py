@@ -90,6 +90,7 @@ from .kernels import (
     GRAM_ULPS,
     RAW_MIN_ELEMENTS,
     SHIFT_ROWS,
+    SMALL_ELEMENTS,
     Kernel,
     center_gram,
     centered_flat,
@@ -161,6 +162,7 @@ __all__ = [
     "DATA_ULPS",
     "SHIFT_ROWS",
     "RAW_MIN_ELEMENTS",
+    "SMALL_ELEMENTS",
     # hsic
     "hsic_factor",
     "hsic_cross",

@@ -31,6 +31,7 @@ __all__ = [
     "quick_centred_gram",
     "SHIFT_ROWS",
     "RAW_MIN_ELEMENTS",
+    "SMALL_ELEMENTS",
     "gram_product",
     "double_center_",
     "sq_distances",
@@ -234,6 +235,11 @@ SHIFT_ROWS = 8
 #: on a smaller activation)
 RAW_MIN_ELEMENTS = 1 << 19
 
+#: activations smaller than this are centred by their exact column mean in the old way
+#: (mean, subtraction, GEMM: the two passes cost less than the few extra small operations of
+#: the shifted product and its check, which dominate on such a layer)
+SMALL_ELEMENTS = 1 << 16
+
 _ONES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 
 
@@ -265,8 +271,10 @@ def quick_centred_gram(
       (mean small against the spread, e.g. a first convolution; read off the tiny Gram of
       those rows).
 
-    The ``n × n`` product is then double-centred in place (``HG̃H`` is the centred Gram
-    whatever the shift; the row sums are one matrix-vector product) after checking
+    An activation of fewer than :data:`SMALL_ELEMENTS` goes the exact way
+    (:func:`centred_gram`). Otherwise the ``n × n`` product is double-centred in place (``HG̃H``
+    is the centred Gram whatever the shift; the row sums are one matrix-vector product)
+    after checking
     ``tr(G̃) ≤ GRAM_KAPPA · tr(G_c)`` from its own trace and sum; a batch that fails (its
     first rows unrepresentative) is redone with the exact mean (:func:`centred_gram`). So
     no Gram is rounded worse than the bound :func:`kernel_scale` relies on. The check reads
@@ -280,7 +288,7 @@ def quick_centred_gram(
     x = x.to(gram_dtype(x.dtype))
     n, d = x.shape
     k = SHIFT_ROWS
-    if n <= k:
+    if n <= k or n * d < SMALL_ELEMENTS:
         g, e, _ = centred_gram(x, scratch=scratch, out=out)
         return g, e
     head = x[:k]

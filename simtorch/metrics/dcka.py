@@ -125,7 +125,7 @@ class DeltaCKAMetric(HSICMetric):
         g0, e0 = self._confounder_gram(batch)
         f0 = batch.cached(
             ("confounder_flat", id(self.confounder_fn), self.unbiased),
-            lambda: F.centered_flat(g0.to(torch.float64), True) if self.unbiased else g0.to(torch.float64).reshape(-1),
+            lambda: F.centered_flat(g0.to(torch.float64), self.unbiased),
         )
         ka = batch.kernel("a", "linear")
         kb = ka if batch.same else batch.kernel("b", "linear")
@@ -133,11 +133,11 @@ class DeltaCKAMetric(HSICMetric):
             fa = batch.centered("a", "linear", 1.0, True)
             fb = fa if batch.same else batch.centered("b", "linear", 1.0, True)
         else:
-            # Grams of column-centred features are already double-centred (HKH = K up to the
-            # float32 rounding of the column means, ~1e-7 relative), so HSIC₀ needs no second
-            # centring: the flattened kernels are views, no copy per batch
-            fa = ka.reshape(ka.shape[0], -1)
-            fb = fa if batch.same else kb.reshape(kb.shape[0], -1)
+            # HKH, shared with a biased CKA metric of the pass: Grams of column-centred
+            # features are double-centred only up to the rounding of their column mean, a
+            # rank-two residue of a few ulps of |μ| that a large offset makes visible
+            fa = batch.centered("a", "linear", 1.0, False)
+            fb = fa if batch.same else batch.centered("b", "linear", 1.0, False)
         terms = F.dcka_batch_terms(
             ka, kb, g0,
             F.kernel_scale(batch.grams("a"), batch.energy("a"), "linear"),
