@@ -31,7 +31,7 @@ import common as C  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-RANGES = ["hook:gram", "hook:gram(exact)", "hook:reduce", "capture:attach", "capture:detach", "engine:stack",
+RANGES = ["hook:gram", "engine:finish_grams", "hook:reduce", "capture:attach", "capture:detach", "engine:stack",
           "engine:finite_guard", "metric:to_float64", "metric:centre", "metric:ii_rows", "metric:ii_sums"]
 
 
@@ -55,8 +55,8 @@ def instrument() -> None:
     from simtorch.model import sim_model as M
 
     # the hooks call these through the functional package the capture imported
-    _wrap(F, "quick_centred_gram", "hook:gram")
-    _wrap(F, "centred_gram", "hook:gram(exact)")
+    _wrap(F, "capture_product", "hook:gram")
+    _wrap(F, "finish_grams_", "engine:finish_grams")
     _wrap(F, "ii_gram_rows", "metric:ii_rows")
     _wrap(F, "ii_rows_sums", "metric:ii_sums")
     _wrap(M.SimilarityModel, "reduce", "hook:reduce")

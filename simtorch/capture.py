@@ -6,13 +6,14 @@ column-centred rows (plus, when a metric asked, transformed features or the unce
 of the raw inner products), so the activation can be freed as soon as the next layer has
 consumed it: memory is O(layers · n²), never O(layers · n · d).
 
-How the Gram is made: on the CPU without the mean pass
-(:func:`~simtorch.functional.quick_centred_gram`: the activation is multiplied as it is,
-or minus the mean of its first few rows, with one fused subtraction at most; the product
-is double-centred and checked to be as precise as one of exactly centred rows, else
-redone). It depends on the batch alone, never on the batches before. The raw-product
-parts (which need the exact mean) and accelerators use the exact mean
-(:func:`~simtorch.functional.centred_gram`).
+How the Gram is made (:mod:`~simtorch.functional.linear_grams`): in the hook only the
+product, of the rows minus their column mean or, for a large activation whose mean is small
+or well estimated from its first rows, of the rows as they are or minus that estimate, with
+one fused pass at most (:func:`~simtorch.functional.capture_product`); after the forward
+pass the whole stack is double-centred and its energies taken in a few batched operations
+(:func:`~simtorch.functional.finish_grams_`). Each Gram depends on its batch alone, never on
+the batches before. The raw-product parts (which need the exact mean) and accelerators (no
+host reads in the loop) centre by the exact mean.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class LayerCapture:
         self.inputs = inputs
         self.calls = [0] * self.n_layers
         self.grams: list[Tensor | None] = [None] * self.n_layers
-        self.energy: list[Tensor | None] = [None] * self.n_layers
+        self.extra: list[Tensor | float | None] = [None] * self.n_layers
         self.features: list[Tensor | None] = [None] * self.n_layers
         self.raw: list[tuple[Tensor, Tensor, Tensor, Tensor] | None] = [None] * self.n_layers
         self.stack: Tensor | None = None
@@ -131,13 +132,9 @@ class LayerCapture:
 
     def _capture(self, i: int, t: Tensor) -> None:
         scratch, out = self._scratch(t), self._slot(i, t)
-        mu = None
-        if self.raw_products or t.device.type != "cpu":
-            g, e, mu = F.centred_gram(t, scratch=scratch, out=out)
-        else:
-            g, e = F.quick_centred_gram(t, scratch, out)
+        g, extra, mu = F.capture_product(t, scratch, out, exact=self.raw_products or t.device.type != "cpu")
         self.grams[i] = g
-        self.energy[i] = e
+        self.extra[i] = extra
         if self.feature_fn is not None:
             self.features[i] = self.feature_fn(F.flatten_samples(t))
         if self.raw_products:
@@ -180,8 +177,26 @@ class LayerCapture:
                     f"{self.sm.model_name}: call_index {want} asked for layer {name!r}, which ran {calls} time(s)"
                 )
 
+    def finish(self) -> tuple[Tensor, Tensor]:
+        """The ``(L, n, n)`` centred Grams of the last forward pass and their ``(L,)``
+        energies ``‖X‖_F²``: the products the hooks left are double-centred here, in place,
+        in one go (call once per forward pass)."""
+        grams = self.stacked()
+        # the hooks' extras: floats where the check read them off the device, else 0-d tensors
+        # (two operations for the whole stack, not one per layer)
+        held = [i for i, e in enumerate(self.extra) if isinstance(e, Tensor)]
+        tensors = [self.extra[i].to(grams.dtype) for i in held]  # type: ignore[union-attr]
+        if len(held) == self.n_layers:  # always so off the CPU: nothing crosses from the host
+            extra = torch.stack(tensors)
+        else:
+            extra = torch.tensor([e if isinstance(e, float) else 0.0 for e in self.extra], dtype=grams.dtype,
+                                 device=grams.device)
+            if held:
+                extra[held] += torch.stack(tensors)
+        return grams, F.finish_grams_(grams, extra)
+
     def stacked(self) -> Tensor:
-        """The ``(L, n, n)`` Grams of the last forward pass."""
+        """The ``(L, n, n)`` Gram products of the last forward pass (before :meth:`finish`)."""
         grams = self.grams
         if self.stack is not None and all(
             g is not None and g.data_ptr() == self.stack[i].data_ptr() for i, g in enumerate(grams)

@@ -272,8 +272,8 @@ def _reuse_hint(members: Sequence[SimilarityModel], captures: dict[int, LayerCap
 
 
 def _stack(cap: LayerCapture, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor] | None, Any]:
-    grams = move(cap.stacked(), device)
-    energy = move(torch.stack([e for e in cap.energy]), device)  # type: ignore[misc]
+    grams, energy = cap.finish()
+    grams, energy = move(grams, device), move(energy, device)
     feats = None if cap.feature_fn is None else [move(f, device) for f in cap.features]  # type: ignore[arg-type]
     raw = None
     if cap.raw_products:

@@ -263,13 +263,13 @@ class Keep(Metric):
         return Computed(torch.zeros(self.binding.layers_a, self.binding.layers_b))
 
 
-def test_streamed_grams_equal_exactly_centred_grams():
-    """Every batch's Gram, whether the layer is multiplied as it is (small mean), shifted by
-    the mean of its first rows (large offset) or recentred exactly (first rows far from
-    the rest), equals the float64 Gram of the column-centred activations to float32
-    precision, and depends on that batch alone."""
+def test_streamed_grams_equal_exactly_centred_grams(raw_min):
+    """Every batch's Gram, whether the layer is centred by its exact mean (small layers),
+    multiplied as it is (small mean) or shifted by the mean of its first rows (large offset,
+    first rows far from the rest), equals the float64 Gram of the column-centred
+    activations to float32 precision, and depends on that batch alone."""
 
-    class Outlier(nn.Module):  # the first rows are far from the others: the check must redo
+    class Outlier(nn.Module):  # the first rows are far from the others
         def forward(self, x):
             y = x + 1e3
             return torch.cat([y[:8] + 1e3, y[8:]])
@@ -297,9 +297,21 @@ def test_streamed_grams_equal_exactly_centred_grams():
             assert err < 1e-5, (k, name, float(err))
 
 
+@pytest.fixture(params=["default", "every layer large"])
+def raw_min(request, monkeypatch):
+    """Run a test with the engine's size rule as it is and with every activation counted as
+    large (RAW_MIN_ELEMENTS = 0), so the raw, shifted and redone products are all exercised
+    on small test tensors."""
+    from simtorch.functional import linear_grams
+
+    if request.param != "default":
+        monkeypatch.setattr(linear_grams, "RAW_MIN_ELEMENTS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("offset", [0.0, 1.0, 1e2, 1e4, -3e4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_quick_centred_gram_equals_the_exact_one(offset, dtype):
+def test_quick_centred_gram_equals_the_exact_one(offset, dtype, raw_min):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(32, 200, generator=g, dtype=torch.float64) + offset).to(dtype)
     got, energy = F.quick_centred_gram(x)
@@ -315,6 +327,49 @@ def test_quick_centred_gram_equals_the_exact_one(offset, dtype):
     # the noise floor sees the same features either way
     assert float(F.kernel_scale(got, energy, "linear")) == pytest.approx(
         float(F.kernel_scale(exact, e_exact, "linear")), rel=0.25)
+
+
+def test_capture_product_takes_each_path_and_finish_centres_the_stack(monkeypatch):
+    """A large activation with a small mean is multiplied as it is, one with a large offset
+    minus the mean of its first rows, one whose first rows are far from the rest is redone
+    with the exact mean, a small one is centred exactly; finishing the whole stack at once
+    gives each layer's exactly centred Gram and its energy ‖X‖²."""
+    from simtorch.functional import linear_grams
+
+    shifts: list[str] = []
+    product = linear_grams.gram_product
+
+    def spy(x, shift=None, scratch=None, out=None):
+        shifts.append("none" if shift is None else "shift")
+        return product(x, shift, scratch, out)
+
+    monkeypatch.setattr(linear_grams, "gram_product", spy)
+    g = torch.Generator().manual_seed(0)
+    # a shift by the mean of k first rows can miss by at most κ − 1 ≤ n/k (Cauchy–Schwarz),
+    # so only n > (GRAM_KAPPA − 1)·k can fail the check: first rows all at one value do
+    n, d = 256, linear_grams.RAW_MIN_ELEMENTS // 256
+    z = torch.randn(n, d, generator=g)
+    far = z.clone()
+    far[: linear_grams.SHIFT_ROWS] = 50.0 + 1e-3 * z[: linear_grams.SHIFT_ROWS]
+    cases = {"raw": (z + 0.1, ["none"]), "shifted": (z + 100.0, ["shift"]),
+             "redone": (far, ["shift", "shift"]), "small": (z[:, :100] + 100.0, ["shift"])}
+    stack = torch.empty(len(cases), n, n)
+    extras = []
+    for i, (name, (x, path)) in enumerate(cases.items()):
+        shifts.clear()
+        gi, extra, _ = F.capture_product(x, out=stack[i])
+        assert shifts == path, name
+        assert gi.data_ptr() == stack[i].data_ptr()
+        extras.append(torch.as_tensor(extra, dtype=torch.float32))
+    energy = F.finish_grams_(stack, torch.stack(extras))
+    for i, (name, (x, _)) in enumerate(cases.items()):
+        x64 = x.double() - x.double().mean(0)
+        want = x64 @ x64.T
+        err = float((stack[i].double() - want).abs().max() / want.diagonal().mean())
+        assert err < 1e-5, (name, err)
+        e = float((x.double() ** 2).sum())
+        # exact with no shift or the exact mean; estimated from the first rows' mean otherwise
+        assert float(energy[i]) == pytest.approx(e, rel=1e-5 if name in ("raw", "small", "redone") else 0.1), name
 
 
 # ---------------------------------------------------------------- Information Imbalance, low dimensions

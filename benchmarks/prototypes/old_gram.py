@@ -1,11 +1,14 @@
 """The Gram path before issue 12, for "before" measurements in today's tree.
 
 ``patch()`` makes this process's hooks use the old three-pass ``linear_gram`` (column
-mean, subtraction into a scratch copy, GEMM, energy from the trace and ``n‖μ‖²``) instead
-of :func:`simtorch.functional.quick_centred_gram`, and returns a function that undoes it.
+mean, subtraction into a scratch copy, GEMM, energy from the trace and ``n‖μ‖²``, no double
+centring) instead of :func:`simtorch.functional.capture_product` and
+:func:`simtorch.functional.finish_grams_`, and returns a function that undoes it.
 Nothing in simtorch's files changes. Used by ``profile_engine.py --baseline``.
 
     python benchmarks/prototypes/old_gram.py      # per-layer cost, old vs new vs bare GEMM, W1
+
+(the new path's batched double centring, once per stack, is not in the per-layer figure)
 """
 
 from __future__ import annotations
@@ -43,11 +46,19 @@ def patch():
     """Route the engine's hooks through :func:`old_linear_gram`; returns the undo."""
     from simtorch import functional as F
 
-    orig = F.quick_centred_gram
-    F.quick_centred_gram = old_linear_gram  # capture calls F.quick_centred_gram(t, scratch, out)
+    orig = F.capture_product, F.finish_grams_
+
+    def product(x, scratch=None, out=None, exact=False):
+        g, energy = old_linear_gram(x, scratch, out)
+        mu = x.reshape(x.shape[0], -1).mean(dim=0, keepdim=True) if exact else None  # raw products only
+        return g, energy - g.diagonal().sum(), mu
+
+    # the engine's capture calls F.capture_product per layer, then F.finish_grams_ per stack
+    F.capture_product = product
+    F.finish_grams_ = lambda g, extra: g.diagonal(dim1=-2, dim2=-1).sum(-1) + extra
 
     def undo() -> None:
-        F.quick_centred_gram = orig
+        F.capture_product, F.finish_grams_ = orig
 
     return undo
 
@@ -64,7 +75,7 @@ def main() -> None:
     acts = [t.reshape(128, -1).contiguous() for sm in (sa, sb) for t in sm.activations(x).values()]
     scratch, out = torch.empty(max(a.numel() for a in acts)), torch.empty(128, 128)
     variants = {"bare GEMM": lambda a: torch.mm(a, a.T, out=out), "old linear_gram": lambda a: old_linear_gram(a, scratch, out),
-                "quick_centred_gram": lambda a: F.quick_centred_gram(a, scratch, out)}
+                "capture_product": lambda a: F.capture_product(a, scratch, out)}
     best = {k: float("inf") for k in variants}
     for _ in range(30):
         for k, f in variants.items():

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .hsic import hsic_factor
-from .kernels import centered_flat, degenerate_mask, kernel_scale, linear_gram
+from .kernels import centered_flat, degenerate_mask, kernel_scale
+from .linear_grams import linear_gram
 
 __all__ = [
     "DCKA_RESIDUAL_RTOL",

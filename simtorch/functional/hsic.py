@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernels import Kernel, centered_flat, degenerate_mask, kernel_scale, kernel_stack, linear_gram
+from .kernels import Kernel, centered_flat, degenerate_mask, kernel_scale, kernel_stack
+from .linear_grams import linear_gram
 
 __all__ = ["hsic_factor", "hsic_cross", "hsic", "cka_from_hsic", "cka"]
 

@@ -3,10 +3,9 @@
 Everything here works on one ``(n, n)`` matrix or on a stack ``(L, n, n)`` (one matrix per
 layer). The centring itself is the double centring ``H K H`` of Gretton et al. (2005) or the
 U-centring of Székely & Rizzo (2014); the RBF bandwidth is Kornblith et al.'s (2019) median
-heuristic. Linear Grams of column-centred features come from :func:`linear_gram` (exact
-column mean) or :func:`quick_centred_gram` (no mean pass, the engine's CPU path); both are
-as precise as the bound :data:`GRAM_KAPPA` says, which is what the noise floor
-:func:`kernel_scale` is derived from.
+heuristic. Linear Grams of column-centred features come from
+:mod:`~simtorch.functional.linear_grams`; they are as precise as the bound
+:data:`GRAM_KAPPA` says, which is what the noise floor :func:`kernel_scale` is derived from.
 """
 
 from __future__ import annotations
@@ -26,14 +25,6 @@ __all__ = [
     "coincident_rtol",
     "flatten_samples",
     "gram_dtype",
-    "linear_gram",
-    "centred_gram",
-    "quick_centred_gram",
-    "SHIFT_ROWS",
-    "RAW_MIN_ELEMENTS",
-    "SMALL_ELEMENTS",
-    "gram_product",
-    "double_center_",
     "sq_distances",
     "median_sq_distance",
     "rbf_gram",
@@ -65,7 +56,7 @@ DEGENERATE_RTOL = 1.0
 #: math at κ ≤ 16 (5e-8 at κ ≤ 4, 1.4e-6 with no bound), while a subtraction pass to centre
 #: the layers between 4 and 16 cost a few percent of the forward pass, as much as the Gram
 #: products themselves. The engine's hooks multiply features without centring only below it
-#: (:func:`quick_centred_gram`), and :func:`kernel_scale` and Information Imbalance's
+#: (:func:`~simtorch.functional.capture_product`), and :func:`kernel_scale` and Information Imbalance's
 #: resolution rely on the bound.
 GRAM_KAPPA = 16.0
 
@@ -113,219 +104,6 @@ def gram_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype in (torch.float16, torch.bfloat16) or not dtype.is_floating_point:
         return torch.float32
     return dtype
-
-
-def _fits(buf: Tensor | None, dtype: torch.dtype, device: torch.device, shape: tuple[int, ...]) -> bool:
-    return buf is not None and buf.dtype == dtype and buf.device == device and tuple(buf.shape) == shape
-
-
-def gram_product(x: Tensor, shift: Tensor | None = None, scratch: Tensor | None = None,
-                 out: Tensor | None = None) -> Tensor:
-    """``G̃ = X̃ X̃ᵀ`` with ``X̃ = X − 1 sᵀ`` (``s = shift``, ``(d,)`` or ``(1, d)``), or
-    ``X Xᵀ`` without a shift: one GEMM in ``x``'s dtype, and with a shift one fused
-    subtraction into ``scratch`` (a 1-D buffer of at least ``n·d`` elements; reused by the
-    engine so no activation-sized allocation is made per layer).
-
-    No centring here: :func:`double_center_` makes ``H G̃ H``, which is the centred Gram
-    whatever the shift (``H 1 = 0``). The shift only decides the precision: the product's
-    rounding is of order ``eps · tr(G̃)`` (:data:`GRAM_KAPPA`).
-    """
-    n = x.shape[0]
-    if shift is not None:
-        if scratch is not None and scratch.dtype == x.dtype and scratch.device == x.device and scratch.numel() >= x.numel():
-            x = torch.sub(x, shift.reshape(1, -1), out=scratch[: x.numel()].view(x.shape))
-        else:
-            x = x - shift.reshape(1, -1)
-    if _fits(out, x.dtype, x.device, (n, n)):
-        return torch.mm(x, x.T, out=out)
-    return x @ x.T
-
-
-def double_center_(g: Tensor) -> tuple[Tensor, Tensor]:
-    """Double-centre the Gram (stack) ``g`` in place, ``g ← H g H`` with ``H = I − 11ᵀ/n``,
-    in ``g``'s own dtype, and return ``(tr g before, mean of g before)`` as tensors.
-
-    ``(HGH)_ij = G_ij − Ḡ_i· − Ḡ_·j + Ḡ_··`` (``g`` is symmetric, so the row means serve
-    as column means). For ``G̃ = X̃X̃ᵀ`` of shifted rows this is exactly the Gram of the
-    column-centred features (any shift cancels), and
-    ``tr(G_c) = tr(G̃) − n·Ḡ_··``. The rounding added is ``eps`` of the entries of ``G̃``,
-    the order of the product's own (:data:`GRAM_KAPPA`).
-    """
-    if g.dim() == 2:
-        # one matrix: BLAS row sums and two broadcast subtractions of u = r − t/2
-        # (G − r1ᵀ − 1rᵀ + t = G − u1ᵀ − 1uᵀ); the generic reductions below cost several
-        # times the arithmetic on an n × n matrix, and this runs once per layer and batch
-        n = g.shape[0]
-        trace = torch.trace(g)
-        u = torch.mv(g, g.new_ones(n)).div_(n)
-        total = u.mean()
-        u.sub_(total / 2)
-        g.sub_(u.unsqueeze(0))
-        g.T.sub_(u.unsqueeze(0))
-        return trace, total
-    trace = g.diagonal(dim1=-2, dim2=-1).sum(-1)
-    row = g.mean(dim=-1, keepdim=True)
-    total = row.mean(dim=-2, keepdim=True)
-    g.sub_(row).sub_(row.transpose(-2, -1)).add_(total)
-    return trace, total[..., 0, 0]
-
-
-def centred_gram(
-    x: Tensor, dtype: torch.dtype | None = None, scratch: Tensor | None = None, out: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`linear_gram` that also returns the column mean ``μ`` ``(1, d)`` it centred by
-    (the engine keeps it as the shift of later batches, and for the raw-product parts)."""
-    x = flatten_samples(x)
-    dtype = gram_dtype(x.dtype) if dtype is None else dtype
-    x = x.to(dtype)
-    n = x.shape[0]
-    mu = x.mean(dim=0, keepdim=True)
-    g = gram_product(x, mu, scratch, out)
-    # the float mean misses the true one by a few ulps of |μ| (more than the spread when
-    # the offset is large); the double centring removes that residual shift exactly
-    double_center_(g)
-    energy = g.diagonal().sum() + n * (mu * mu).sum()
-    return g, energy, mu
-
-
-def linear_gram(
-    x: Tensor, dtype: torch.dtype | None = None, scratch: Tensor | None = None, out: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Gram matrix of column-centred features, and the raw energy of the features.
-
-    ``G = X_c X_cᵀ`` with ``X_c = X − 1 μᵀ`` (the linear kernel of Kornblith et al. 2019;
-    centring first is what keeps float32 Grams accurate, DESIGN §4). The product is taken
-    of the rows minus their float column mean, then double-centred (:func:`double_center_`)
-    so that the few-ulp error of that mean, which a large offset makes larger than the
-    spread, leaves no rank-one residue: ``H G H = G`` to the Gram dtype's rounding.
-
-    Parameters
-    ----------
-    x : Tensor ``(n, ...)``
-        Activations or inputs; flattened to ``(n, d)``.
-    dtype : torch.dtype, optional
-        Compute type. Defaults to float32 for half/bfloat16 inputs and to ``x.dtype``
-        otherwise (float32 is enough once the features are centred, DESIGN §4).
-    scratch : Tensor, optional
-        A 1-D buffer of that dtype and device with at least ``n·d`` elements to hold the
-        centred copy (the streaming engine reuses one across layers and batches: a fresh
-        multi-MB allocation per layer costs page faults comparable to the product itself).
-    out : Tensor, optional
-        An ``(n, n)`` tensor of that dtype and device to write the Gram into (a slot of the
-        engine's reused layer stack); ignored if it does not fit.
-
-    Returns
-    -------
-    gram : Tensor ``(n, n)``
-        ``X_c X_cᵀ`` with ``X_c = X − 1 μᵀ``.
-    energy : Tensor ``()``
-        ``‖X‖_F² = tr(X_c X_cᵀ) + n‖μ‖²``: with ``tr(G)`` it sets the noise floor that
-        decides whether the centred part is real signal or float noise
-        (:func:`kernel_scale`).
-    """
-    g, energy, _ = centred_gram(x, dtype, scratch, out)
-    return g, energy
-
-
-#: rows of a batch whose mean serves as the shift of :func:`quick_centred_gram`
-SHIFT_ROWS = 8
-
-#: activations of at least this many elements may be multiplied without a shift (the
-#: estimate that decides it costs a few small operations, more than the subtraction it saves
-#: on a smaller activation)
-RAW_MIN_ELEMENTS = 1 << 19
-
-#: activations smaller than this are centred by their exact column mean in the old way
-#: (mean, subtraction, GEMM: the two passes cost less than the few extra small operations of
-#: the shifted product and its check, which dominate on such a layer)
-SMALL_ELEMENTS = 1 << 16
-
-_ONES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
-
-
-def _ones(n: int, like: Tensor) -> Tensor:
-    key = (n, like.dtype, like.device)
-    t = _ONES.get(key)
-    if t is None:
-        t = _ONES[key] = torch.ones(n, dtype=like.dtype, device=like.device)
-    return t
-
-
-def quick_centred_gram(
-    x: Tensor, scratch: Tensor | None = None, out: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """:func:`linear_gram` without the mean pass: the same ``(G_c, ‖X‖²)``, rounded at most
-    :data:`GRAM_KAPPA` times worse than a product of exactly centred rows, and a function
-    of the batch alone (the same batch gives the same bits whatever came before it).
-
-    A float Gram product errs by about ``eps · tr(X̃X̃ᵀ)`` for the rows ``X̃`` actually
-    multiplied, while its signal is ``tr(G_c)``; the exact column mean and a centred copy
-    cost two passes over the features (a third of the GEMM for a network's activations).
-    Instead the product is taken of
-
-    - ``X − 1μ_kᵀ``, with ``μ_k`` the mean of the first :data:`SHIFT_ROWS` rows (one fused
-      pass): ``μ_k`` is within about ``σ/√k`` of the batch mean, so
-      ``tr(X̃X̃ᵀ) ≈ (1 + 1/k) tr(G_c)`` whatever the offset;
-    - or ``X`` itself (no pass at all) for an activation of at least
-      :data:`RAW_MIN_ELEMENTS` whose first rows show ``κ = ‖X‖²/tr(G_c) ≤ ¾ GRAM_KAPPA``
-      (mean small against the spread, e.g. a first convolution; read off the tiny Gram of
-      those rows).
-
-    An activation of fewer than :data:`SMALL_ELEMENTS` goes the exact way
-    (:func:`centred_gram`). Otherwise the ``n × n`` product is double-centred in place (``HG̃H``
-    is the centred Gram whatever the shift; the row sums are one matrix-vector product)
-    after checking
-    ``tr(G̃) ≤ GRAM_KAPPA · tr(G_c)`` from its own trace and sum; a batch that fails (its
-    first rows unrepresentative) is redone with the exact mean (:func:`centred_gram`). So
-    no Gram is rounded worse than the bound :func:`kernel_scale` relies on. The check reads
-    numbers from the device, so callers off the CPU, where the loop must not wait and
-    passes over memory are cheap, use :func:`centred_gram`. With a shift, ``‖X‖² =
-    tr(G_c) + n‖μ‖²`` is estimated with ``‖μ‖² ≈ ‖μ_k‖² − tr(G_c)/(k(n−1))`` (unbiased;
-    off by about ``2‖μ‖σ/√k`` per row, a few percent), which is all the noise floor it
-    feeds needs: that floor has orders of magnitude of margin.
-    """
-    x = flatten_samples(x)
-    x = x.to(gram_dtype(x.dtype))
-    n, d = x.shape
-    k = SHIFT_ROWS
-    if n <= k or n * d < SMALL_ELEMENTS:
-        g, e, _ = centred_gram(x, scratch=scratch, out=out)
-        return g, e
-    head = x[:k]
-    mu: Tensor | None = head.mean(dim=0, keepdim=True)
-    if n * d >= RAW_MIN_ELEMENTS:
-        hg = head @ head.T
-        tr_h, s_h = torch.stack((torch.trace(hg), hg.sum())).tolist()
-        # κ ≈ 1 + ‖μ‖²/σ² with ‖μ_k‖² = Σ hg / k² and σ² = (tr hg − Σ hg / k)/(k − 1); ¾ of
-        # the bound leaves room for the estimate's scatter, and the check below catches the rest
-        if s_h / k**2 <= (0.75 * GRAM_KAPPA - 1) * (tr_h - s_h / k) / (k - 1):
-            mu = None
-    g = gram_product(x, mu, scratch, out)
-    r = torch.mv(g, _ones(n, g))
-    if mu is None:
-        stats = torch.stack((torch.trace(g), r.sum()))
-        tr, total = stats.tolist()  # one read of a few numbers (CPU)
-        mu_sq = 0.0
-    else:
-        stats = torch.stack((torch.trace(g), r.sum(), mu.square().sum()))
-        tr, total, mu_sq = stats.tolist()
-    centred = tr - total / n  # tr(G_c) = tr(G̃) − 1ᵀG̃1/n
-    eps = torch.finfo(g.dtype).eps
-    # accepted when the rows were centred well enough for the product's rounding, or are
-    # themselves within rounding of the shift (constant features: the exact mean would
-    # show nothing more, and the noise floor flags them anyway)
-    if tr <= GRAM_KAPPA * centred or tr <= (DATA_ULPS * eps) ** 2 * (tr + n * mu_sq):
-        # G − u1ᵀ − 1uᵀ with u = r/n − (1ᵀG̃1)/(2n²) is H G̃ H
-        u = r.mul_(1.0 / n).sub_(total / (2 * n * n)).unsqueeze(0)
-        g.sub_(u)
-        g.T.sub_(u)
-        if mu is None:
-            return g, stats[0]
-        # E‖μ_k‖² = ‖μ‖² + tr(Σ)/k, and tr(G_c) = (n − 1) tr(Σ) on average
-        mu_sq_est = max(mu_sq - centred / (k * (n - 1)), 0.0)
-        return g, torch.tensor(centred + n * mu_sq_est, dtype=g.dtype, device=g.device)
-    g, e, _ = centred_gram(x, scratch=scratch, out=out)
-    return g, e
 
 
 def sq_distances(gram: Tensor) -> Tensor:
