@@ -185,14 +185,13 @@ class LayerCapture:
         # the hooks' extras: floats where the check read them off the device, else 0-d tensors
         # (two operations for the whole stack, not one per layer)
         held = [i for i, e in enumerate(self.extra) if isinstance(e, Tensor)]
-        tensors = [self.extra[i].to(grams.dtype) for i in held]  # type: ignore[union-attr]
         if len(held) == self.n_layers:  # always so off the CPU: nothing crosses from the host
-            extra = torch.stack(tensors)
+            extra = torch.stack([e.to(grams.dtype) for e in self.extra])  # type: ignore[union-attr]
         else:
-            extra = torch.tensor([e if isinstance(e, float) else 0.0 for e in self.extra], dtype=grams.dtype,
+            extra = torch.tensor([0.0 if isinstance(e, Tensor) else e for e in self.extra], dtype=grams.dtype,
                                  device=grams.device)
             if held:
-                extra[held] += torch.stack(tensors)
+                extra[held] += torch.stack([self.extra[i].to(grams.dtype) for i in held])  # type: ignore[union-attr]
         return grams, F.finish_grams_(grams, extra)
 
     def stacked(self) -> Tensor:

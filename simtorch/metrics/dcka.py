@@ -133,9 +133,9 @@ class DeltaCKAMetric(HSICMetric):
             fa = batch.centered("a", "linear", 1.0, True)
             fb = fa if batch.same else batch.centered("b", "linear", 1.0, True)
         else:
-            # HKH, shared with a biased CKA metric of the pass: Grams of column-centred
-            # features are double-centred only up to the rounding of their column mean, a
-            # rank-two residue of a few ulps of |μ| that a large offset makes visible
+            # HKH in float64, shared with a biased CKA metric of the pass: the engine's Grams
+            # are double-centred in float32, so they are HKH only to float32 rounding of
+            # entries that a large offset makes large
             fa = batch.centered("a", "linear", 1.0, False)
             fb = fa if batch.same else batch.centered("b", "linear", 1.0, False)
         terms = F.dcka_batch_terms(
