@@ -372,6 +372,44 @@ def test_capture_product_takes_each_path_and_finish_centres_the_stack(monkeypatc
         assert float(energy[i]) == pytest.approx(e, rel=1e-5 if name in ("raw", "small", "redone") else 0.1), name
 
 
+
+@pytest.mark.parametrize("n", [128, 129])
+def test_product_in_row_halves_is_the_full_symmetric_product(monkeypatch, n):
+    """A mid-sized CPU product is taken in two row halves (the lower-left block mirrored):
+    the same Gram as one GEMM to float32 rounding, exactly symmetric, written into ``out``,
+    and still differentiable when the features need a gradient (``out=`` is not)."""
+    from simtorch.functional import linear_grams
+
+    d = 2048
+    assert n * d <= linear_grams.HALVES_MAX_ELEMENTS
+    g = torch.Generator().manual_seed(1)
+    x = torch.relu(torch.randn(n, d, generator=g)) + 0.5
+    calls: list[tuple[int, int]] = []
+    mm = torch.mm
+
+    def spy(a, b, *args, **kwargs):
+        calls.append((a.shape[0], b.shape[1]))
+        return mm(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "mm", spy)
+    out = torch.full((n, n), float("nan"))
+    got = F.gram_product(x, out=out)
+    monkeypatch.setattr(torch, "mm", mm)
+    h = n // 2
+    assert calls == [(h, n)]  # the top rows against all; the bottom block by one matmul
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(got, got.T)
+    want = x.double() @ x.double().T
+    assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-6
+    monkeypatch.setattr(linear_grams, "HALVES_MAX_ELEMENTS", 0)
+    one = F.gram_product(x)
+    assert float((got - one).abs().max() / one.abs().max()) < 1e-6
+
+    xg = x[:, :64].clone().requires_grad_(True)
+    F.gram_product(xg).sum().backward()
+    assert xg.grad is not None and torch.allclose(xg.grad, 2 * n * xg.detach().mean(0).expand(n, -1))
+
+
 # ---------------------------------------------------------------- Information Imbalance, low dimensions
 
 
