@@ -41,7 +41,7 @@ from .checkpoint_order import checkpoint_order, resolve_reference
 from .checkpoint_result import CheckpointComparison
 from .compare import build_metrics
 from .engine import RunOptions
-from .layers import LayerSpec, default_layers, unwrap_model
+from .layers import Exact, LayerSpec, default_layers, unwrap_model
 from .metrics import Metric, metric_class
 from .model import SimilarityModel
 from .runner import run_metrics
@@ -310,8 +310,10 @@ def compare_checkpoints(
             members = [ref_model] + [load(sources[k]) for k in chunk]
             stack = _Stack(members)
             b_members = ([0] if with_self else []) + list(range(1, len(members)))
-            a_names = [f"m0.{n}" for n in layer_names]
-            b_names = [f"m{i}.{n}" for i in b_members for n in layer_names]
+            # the names are resolved already: exact, so no glob or 0.2.1-substring reading of
+            # e.g. 'm0.blocks.1' (inside 'm0.blocks.10') warns about names the user never wrote
+            a_names = [Exact(f"m0.{n}") for n in layer_names]
+            b_names = [Exact(f"m{i}.{n}") for i in b_members for n in layer_names]
             common = dict(output_fn=wrapped_fn, sequence=sequence)
             sm_a = SimilarityModel(stack, f"{name} @ {ref_label}", a_names, call_index=_prefixed(call_index, a_names),
                                    **common)

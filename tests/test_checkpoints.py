@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -209,6 +210,32 @@ def test_metric_settings_pass_through():
     assert cmp.settings["kernel"] == "rbf" and cmp.settings["unbiased"] is False
     with pytest.raises(ValueError, match="kernel"):
         compare_checkpoints(mlp, sds, data(), layers=["fc1"], kernel="poly", progress=False)
+
+
+def deep_mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(20, 16), *[nn.Linear(16, 16) for _ in range(11)])
+
+
+def test_layers_by_type_are_selected_exactly_and_quietly():
+    """Layers picked by module type in a model whose names are prefixes of one another
+    ('1' of '10' and '11', as in ViT's 'blocks.1'): the internal per-checkpoint names
+    ('m0.1', 'm0.10', …) are exact names, so no 0.2.1-substring warning about names the user
+    never wrote, and each grid is that checkpoint's two-model CKA."""
+    sds = [deep_mlp(s).state_dict() for s in range(2)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cmp = compare_checkpoints(deep_mlp, sds, data(), layers=[nn.Linear], progress=False)
+    assert not [str(w.message) for w in caught if "0.2.1" in str(w.message)]
+    assert cmp.layers == [str(i) for i in range(12)]
+    ref = deep_mlp()
+    ref.load_state_dict(sds[-1])
+    for k, sd in enumerate(sds):
+        m = deep_mlp()
+        m.load_state_dict(sd)
+        want = CKA(SimilarityModel(ref, "r", [nn.Linear]), SimilarityModel(m, "m", [nn.Linear]),
+                   progress=False).compute(data())
+        np.testing.assert_allclose(cmp.grids[k], want, rtol=0, atol=1e-12)
 
 
 def test_output_fn_receives_the_models_own_layer_names():
