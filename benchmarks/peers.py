@@ -16,7 +16,9 @@ GEMM ``X Xᵀ`` per hooked layer: the cost of any exact Gram, ``common.grams_onl
 its uncentred float32 Grams and float32 HSIC) and ``simtorch`` (``simtorch.CKA``, linear
 unbiased, the default). Ratios are paired within a round (the phases ran seconds apart, so
 drifts of a shared machine cancel); the table gives their median over all rounds of all
-processes and the ratio of the fastest runs (min/min). Both grids are compared with the
+processes, a 95 % bootstrap interval of that median (so a ratio on either side of a
+target can be told from the noise of a shared machine), and the ratio of the fastest runs
+(min/min). Both grids are compared with the
 float64 reference of ``common.reference_grid`` (the same unbiased minibatch estimator,
 models run in float64; cached under ``benchmarks/results/cache``).
 """
@@ -28,6 +30,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -123,6 +126,16 @@ def spawn(cfg: dict) -> dict:
         Path(path).unlink(missing_ok=True)
 
 
+def median_interval(ratios: list[float], resamples: int = 4000, seed: int = 0) -> list[float]:
+    """A 95 % bootstrap interval of the median of paired ratios (percentile method, fixed
+    seed): how far the median could move on a rerun of the same machine, i.e. whether a
+    ratio above or below a target is more than the noise of a shared machine."""
+    rng = random.Random(seed)
+    k = len(ratios)
+    meds = sorted(statistics.median(rng.choices(ratios, k=k)) for _ in range(resamples))
+    return [meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]]
+
+
 def summarise(runs: list[dict]) -> dict:
     """Paired ratios over every round of every process: the median of the per-round ratios
     (the two phases of a round ran seconds apart, so a shared machine's drifts cancel) and
@@ -141,6 +154,9 @@ def summarise(runs: list[dict]) -> dict:
     def minmin(a: str, b: str) -> float:
         return min(wall(rd, a) for rd in rounds) / min(wall(rd, b) for rd in rounds)
 
+    def interval(a: str, b: str) -> list[float]:
+        return median_interval([wall(rd, a) / wall(rd, b) for rd in rounds])
+
     def rss(k: str) -> float:
         return statistics.median(rd[k]["peak_rss_mib"] for rd in rounds)
 
@@ -153,6 +169,7 @@ def summarise(runs: list[dict]) -> dict:
         "sim_over_fwd": paired("simtorch", "forward"), "sim_over_fwd_min": minmin("simtorch", "forward"),
         "sim_over_floor": paired("simtorch", "floor"), "sim_over_floor_min": minmin("simtorch", "floor"),
         "sim_over_peer": paired("simtorch", "pytorch-cka"), "sim_over_peer_min": minmin("simtorch", "pytorch-cka"),
+        "sim_over_peer_ci95": interval("simtorch", "pytorch-cka"), "sim_over_floor_ci95": interval("simtorch", "floor"),
         "sim_over_peer_per_process": [statistics.median(wall(rd, "simtorch") / wall(rd, "pytorch-cka")
                                                         for rd in r["rounds"]) for r in ok],
         "err_pytorch_cka": acc.get("err_pytorch_cka"), "err_simtorch": acc.get("err_simtorch"),
@@ -186,11 +203,14 @@ def table(results: dict, peer_version: str) -> str:
         if "error" in s:
             continue
         ok = s["sim_over_peer"] <= 1.0 and s["sim_over_peer_min"] <= 1.0
+        lo, hi = s["sim_over_peer_ci95"]
         out.append(f"  {'✓' if ok else '✗'} {name}: simtorch ÷ pytorch-cka ≤ 1.00 (median and min): "
-                   f"{s['sim_over_peer']:.3f} / {s['sim_over_peer_min']:.3f}")
+                   f"{s['sim_over_peer']:.3f} / {s['sim_over_peer_min']:.3f}  (median's 95 % interval "
+                   f"{lo:.3f}–{hi:.3f} over {s['rounds']} paired rounds)")
         ok = s["sim_over_floor"] <= 1.03
+        lo, hi = s["sim_over_floor_ci95"]
         out.append(f"  {'✓' if ok else '✗'} {name}: simtorch ÷ floor ≤ 1.03 (median): {s['sim_over_floor']:.3f} "
-                   f"(min/min {s['sim_over_floor_min']:.3f})")
+                   f"(min/min {s['sim_over_floor_min']:.3f}; median's 95 % interval {lo:.3f}–{hi:.3f})")
         if s["err_simtorch"] is not None:
             out.append(f"  {'✓' if s['err_simtorch'] <= 1e-6 else '✗'} {name}: simtorch max|Δ| vs float64 ≤ 1e-6: "
                        f"{s['err_simtorch']:.1e} (pytorch-cka {s['err_pytorch_cka']:.1e})")
