@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack, nullcontext
-from functools import partial
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from .interrupts import DeferInterrupt, VerifiedStates
 from .metrics.base import Binding, Metric, Needs
 from .model import SimilarityModel
 from .options import RunOptions
-from .pass_state import CaptureStates, capture_states, open_state, restore_captures, save_on_exit
+from .pass_state import open_state, save_on_exit
 from .placement import FiniteGuard, Placement, check_available, resolve_device
 from .resume import batch_hash
 
@@ -141,8 +140,7 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
         groups.setdefault(id(sm.model), []).append(sm)
 
     rank, world = rank_world() if dist_on else (0, 1)
-    state, resume_from, saved_captures = open_state(model_a, model_b, loader, metrics, options, rank, world, report)
-    last_captures: Callable[[], CaptureStates] | None = None
+    state, resume_from = open_state(model_a, model_b, loader, metrics, options, rank, world, report)
 
     iterator: Iterable = loader
     if options.progress:
@@ -170,11 +168,6 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
                     captures[id(sm)] = LayerCapture(sm, workspace, needs.features, needs.raw_products,
                                                     autocast is not None)
                     stack.enter_context(captures[id(sm)].attached())
-            if saved_captures:
-                restore_captures(captures, saved_captures, model_a, model_b)
-
-            if state is not None:
-                last_captures = partial(capture_states, captures, model_a, model_b)
             for index, batch in enumerate(iterator):
                 raw = unpack_batch(batch, options.input_key, options.input_fn)
                 if index == 0:
@@ -219,10 +212,10 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
                 if verified.due():
                     verified.verify(done)
                 if state is not None and state.due(done):
-                    state.save(metrics, verified.verify(done), captures=capture_states(captures, model_a, model_b))
+                    state.save(metrics, verified.verify(done))
         done = verified.verify(done)
         if state is not None and done > state.saved_batches:
-            state.save(metrics, done, complete=True, captures=last_captures() if last_captures else None)
+            state.save(metrics, done, complete=True)
         for metric in metrics:
             metric.finish()
         if dist_on:
@@ -248,7 +241,7 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
                 except BaseException:
                     pass
             if state is not None and not getattr(exc, "simtorch_torn", None):
-                save_on_exit(state, metrics, done, last_captures)
+                save_on_exit(state, metrics, done)
         raise
     finally:
         placement.restore()

@@ -265,17 +265,10 @@ class RunState:
                 if k.startswith(prefix):
                     sd[k[len(prefix):]] = torch.from_numpy(np.ascontiguousarray(arr))
             states.append(sd)
-        captures: dict[str, list[tuple[str, Tensor | None]]] = {}
-        for side, modes in (header.get("captures") or {}).items():
-            captures[side] = []
-            for i, mode in enumerate(modes):
-                arr = arrays.get(f"capture_{side}/{i}")
-                captures[side].append((mode, None if arr is None else torch.from_numpy(np.ascontiguousarray(arr))))
         self.first_batch = header.get("first_batch")
         self.saved_batches = int(header["batches"])
         self._last_batches = self.saved_batches
-        return {"batches": self.saved_batches, "metrics": states, "first_batch": self.first_batch,
-                "captures": captures}
+        return {"batches": self.saved_batches, "metrics": states, "first_batch": self.first_batch}
 
     def check_first_batch(self, digest: str) -> None:
         """Refuse when the loader's first batch is not the one the saved run began with."""
@@ -292,20 +285,10 @@ class RunState:
             return batches - self._last_batches >= self.every
         return time.monotonic() - self._last_time >= self.every
 
-    def save(self, metrics: Sequence[Metric], batches: int, complete: bool = False,
-             captures: Mapping[str, list[tuple[str, Tensor | None]]] | None = None) -> Path:
-        """Write every metric's declared states, the batch counter and (``captures``) how
-        each layer's hook makes its Gram (so a resumed pass rounds as the whole one would)
-        atomically."""
+    def save(self, metrics: Sequence[Metric], batches: int, complete: bool = False) -> Path:
+        """Write every metric's declared states and the batch counter, atomically."""
         arrays: dict[str, np.ndarray] = {}
         ints: list[dict[str, int]] = []
-        modes: dict[str, list[str]] = {}
-        for side, layers in (captures or {}).items():
-            modes[side] = []
-            for i, (mode, mu) in enumerate(layers):
-                modes[side].append(mode)
-                if mu is not None:
-                    arrays[f"capture_{side}/{i}"] = _to_numpy(mu)
         for i, m in enumerate(metrics):
             plain: dict[str, int] = {}
             for k, v in m.state_dict().items():
@@ -316,7 +299,7 @@ class RunState:
             ints.append(plain)
         header = {"format": FORMAT, "version": VERSION, "batches": int(batches), "complete": bool(complete),
                   "first_batch": self.first_batch, "fingerprint": self.fingerprint, "ints": ints,
-                  "captures": modes, "saved_at": time.time()}
+                  "saved_at": time.time()}
         arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
