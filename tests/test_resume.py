@@ -202,6 +202,28 @@ def test_stderr_and_counts_match_after_resume(tmp_path):
         assert (got[key].n_samples, got[key].n_batches) == (whole[key].n_samples, whole[key].n_batches)
 
 
+def test_batch_sizes_of_the_whole_pass_survive_a_resume(tmp_path):
+    """A batch of another size before the interruption (II, mutual kNN) is still reported
+    after the resume: the batch sizes are part of the saved state, not of one process."""
+    g = torch.Generator().manual_seed(3)
+    xs = Listed(torch.randn(n, 5, generator=g) for n in (16, 16, 12, 16, 16, 16))
+    a, b = pair()
+    metrics = ["ii", "mknn"]
+    with pytest.warns(UserWarning, match="different sizes"):
+        whole = compare(a, b, xs, metrics, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        compare(a, b, interrupted(xs, 4), metrics, progress=False, state_path=tmp_path / "s.npz", save_every=1)
+    with pytest.warns(UserWarning) as caught:
+        got = compare(a, b, xs, metrics, progress=False, state_path=tmp_path / "s.npz")
+    assert got["ii"].settings["resumed_batches"] == 4
+    said = " ".join(str(w.message) for w in caught)
+    assert "II: subsets (batches) of different sizes [12, 16]" in said
+    assert "mutual kNN: batches of different sizes [12, 16]" in said
+    for key in metrics:
+        assert got[key].settings["subset_sizes"] == whole[key].settings["subset_sizes"] == [12, 16]
+        np.testing.assert_allclose(got[key].matrix, whole[key].matrix, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("change", ["layers", "weights", "metric", "first_batch", "length"])
 def test_a_state_of_another_run_is_refused(tmp_path, change):
     xs = Listed(batches())

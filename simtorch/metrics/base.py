@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .accumulate import GroupedSums
 
-__all__ = ["Binding", "Computed", "LayerNote", "Metric", "Needs"]
+__all__ = ["BatchSizes", "Binding", "Computed", "LayerNote", "Metric", "Needs"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,42 @@ class Computed:
     messages: list[str] = field(default_factory=list)
 
 
+class BatchSizes:
+    """The sizes of the batches (subsets) a metric averaged over: each one it used, and
+    whether a batch other than the last had another size than the first (values of
+    neighbour-based measures depend on the set size, so such an average is flagged; a
+    short last batch is not). Part of the metric's saved state, so a resumed pass reports
+    the sizes of the whole pass; per process under torch.distributed (sizes are not sums)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.prev: int | None = None
+        self.used: set[int] = set()
+        self.irregular = False
+
+    def track(self, n: int) -> None:
+        """A batch of ``n`` samples arrived (used or skipped)."""
+        if self.prev is not None and self.prev != self.first:
+            self.irregular = True  # a batch of another size was not the last one
+        if self.first is None:
+            self.first = n
+        self.prev = n
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first": -1 if self.first is None else self.first, "prev": -1 if self.prev is None else self.prev,
+                "irregular": int(self.irregular), "used": torch.tensor(sorted(self.used), dtype=torch.int64)}
+
+    def load(self, key: str, value: Any) -> None:
+        if key == "used":
+            self.used = {int(v) for v in torch.as_tensor(value).tolist()}
+        elif key in ("first", "prev"):
+            setattr(self, key, None if int(value) < 0 else int(value))
+        elif key == "irregular":
+            self.irregular = bool(int(value))
+        else:
+            raise KeyError(f"unknown batch-size entry {key!r}")
+
+
 class Metric(ABC):
     """A streaming similarity measure over declared sum states.
 
@@ -145,6 +181,7 @@ class Metric(ABC):
         self._states: dict[str, Tensor] = {}
         self._counters: list[str] = []
         self._grouped: dict[str, GroupedSums] = {}
+        self._batch_sizes: BatchSizes | None = None
         for c in ("n_samples", "n_used", "skipped", "skipped_samples"):
             self.add_counter(c)
         self.setup()
@@ -165,6 +202,11 @@ class Metric(ABC):
         g = GroupedSums(shapes, self.binding.device, max_groups)
         self._grouped[name] = g
         return g
+
+    def add_batch_sizes(self) -> BatchSizes:
+        """Batch-size bookkeeping (:class:`BatchSizes`), saved and restored with the states."""
+        self._batch_sizes = BatchSizes()
+        return self._batch_sizes
 
     def state(self, name: str) -> Tensor:
         return self._states[name]
@@ -205,6 +247,8 @@ class Metric(ABC):
             sd[f"grouped.{k}.#block"] = g.block
             sd[f"grouped.{k}.#count"] = g.count
         sd.update({f"counter.{k}": v for k, v in self.counters().items()})
+        if self._batch_sizes is not None:
+            sd.update({f"sizes.{k}": v for k, v in self._batch_sizes.state_dict().items()})
         return sd
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
@@ -223,6 +267,8 @@ class Metric(ABC):
                     g.count = int(value)
                 else:
                     g.buf[term].copy_(value)
+            elif kind == "sizes" and self._batch_sizes is not None:
+                self._batch_sizes.load(rest, value)
             else:
                 raise KeyError(f"unknown state entry {key!r}")
 

@@ -144,10 +144,7 @@ class InformationImbalanceMetric(Metric):
         self.add_state("dup_a", (la,))
         self.add_state("dup_b", (lb,))
         self.add_counter("sum_n2")
-        self._first_n: int | None = None
-        self._prev_n: int | None = None
-        self._sizes: set[int] = set()
-        self._irregular = False
+        self.sizes = self.add_batch_sizes()
         self.buffer: FeatureBuffer | None = None
         if self.needs_features:
             import torch.distributed as dist
@@ -200,12 +197,8 @@ class InformationImbalanceMetric(Metric):
         self.state("dup_b").add_(dup_b)
         self.count(n)
         self.sum_n2 += n * n
-        if self._prev_n is not None and self._prev_n != self._first_n:
-            self._irregular = True  # a subset of another size was not the last one
-        if self._first_n is None:
-            self._first_n = n
-        self._prev_n = n
-        self._sizes.add(n)
+        self.sizes.track(n)
+        self.sizes.used.add(n)
 
     # ------------------------------------------------------------------ buffered features
     def _update_features(self, batch: Any) -> None:
@@ -262,9 +255,9 @@ class InformationImbalanceMetric(Metric):
         messages = [m for m in [skipped_note(self.name, self.skipped, self.skipped_samples, 2,
                                              "a single sample has no neighbour",
                                              "use a batch size that divides the dataset or drop_last=True")] if m]
-        if self._irregular:
+        if self.sizes.irregular:
             messages.append(
-                f"II: subsets (batches) of different sizes {sorted(self._sizes)} were averaged; Δ of an informative "
+                f"II: subsets (batches) of different sizes {sorted(self.sizes.used)} were averaged; Δ of an informative "
                 "pair shrinks as subsets grow, so use one batch size (drop_last=True, or subset_size=...)")
         notes = []
         for side in ("a",) if self.binding.same else ("a", "b"):
@@ -275,7 +268,7 @@ class InformationImbalanceMetric(Metric):
                                        "nearest neighbours share the weight and tied distances get their average rank"))
         fwd, fwd_se = self._mean_se("fwd")
         rev, rev_se = self._mean_se("rev")
-        settings: dict[str, Any] = {"subset_sizes": sorted(self._sizes)}
+        settings: dict[str, Any] = {"subset_sizes": sorted(self.sizes.used)}
         if self.buffer is not None:
             settings["buffer_bytes_per_sample"] = self.buffer.bytes_per_sample
         return Computed(fwd, fwd_se, {"reverse": to_numpy(rev), "reverse_stderr": to_numpy(rev_se)},

@@ -99,10 +99,7 @@ class SetMetric(Metric):
         for term in ("wx", "w2x", "w2x2"):
             self.add_state(term, (la, lb))
         self.add_counter("sum_n2")
-        self._first_n: int | None = None
-        self._prev_n: int | None = None
-        self._sizes: set[int] = set()
-        self._irregular = False
+        self.sizes = self.add_batch_sizes()
         self.buffer: FeatureBuffer | None = None
         exp = b.expected_samples
         if exp is not None and exp < self.min_n:
@@ -121,8 +118,9 @@ class SetMetric(Metric):
 
     # ------------------------------------------------------------------ per batch
     def update(self, batch: Any) -> None:
-        # the first batch of the run (a resumed run has restored counters but no _first_n)
-        first = self._first_n is None and self.n_used == 0 and self.skipped == 0
+        # the first batch of the run, not of a resumed one (a state saved before batch sizes
+        # were part of it has counters but no sizes)
+        first = self.sizes.first is None and self.n_used == 0 and self.skipped == 0
         if self.buffer is not None:
             self._update_features(batch)
             return
@@ -132,22 +130,15 @@ class SetMetric(Metric):
                 # second forward pass (the engine does not know batch sizes up front)
                 raise ValueError(self.too_small(batch.n) + " in the first batch. Use a larger batch_size"
                                  + self.fixes(batch.n))
-            self._track(batch.n)
+            self.sizes.track(batch.n)
             self.skip(batch.n)
             return
-        self._track(batch.n)
+        self.sizes.track(batch.n)
         self._accumulate(self.batch_grid(batch), batch.n)
 
     def fixes(self, n: int) -> str:
         """Further fixes for a first batch of ``n`` samples that is too small."""
         return ", or exact=True (one set of all samples)"
-
-    def _track(self, n: int) -> None:
-        if self._prev_n is not None and self._prev_n != self._first_n:
-            self._irregular = True  # a set of another size was not the last one
-        if self._first_n is None:
-            self._first_n = n
-        self._prev_n = n
 
     def _accumulate(self, grid: Tensor, n: int) -> None:
         w, w2 = float(n), float(n * n)
@@ -157,7 +148,7 @@ class SetMetric(Metric):
         self.state("w2x2").add_(w2 * grid * grid)
         self.count(n)
         self.sum_n2 += n * n
-        self._sizes.add(n)
+        self.sizes.used.add(n)
 
     def batch_grid(self, batch: Any) -> Tensor:
         raise NotImplementedError
@@ -200,7 +191,7 @@ class SetMetric(Metric):
         planned = exp if exp is not None else buf.count + batch.n
         if first or exp is None:
             self._check_memory(planned, per)
-        self._track(batch.n)
+        self.sizes.track(batch.n)
         buf.append(feats_a, feats_b, batch.n)
 
     def finish(self) -> None:
@@ -214,7 +205,7 @@ class SetMetric(Metric):
         xa, xb = buf.take(n)
         buf.clear()
         self._accumulate(self.feature_grid(xa, xa if xb is None else xb), n)
-        self._irregular = False  # one set: batch sizes do not matter
+        self.sizes.irregular = False  # one set: batch sizes do not matter
 
     # ------------------------------------------------------------------ result
     def _mean_se(self) -> tuple[Tensor, Tensor]:
@@ -232,15 +223,15 @@ class SetMetric(Metric):
         messages = [m for m in [skipped_note(self.name, self.skipped, self.skipped_samples, self.min_n,
                                              self.min_reason, "use a batch size that divides the dataset or "
                                              "drop_last=True")] if m]
-        if self._irregular and self.size_dependent:
+        if self.sizes.irregular and self.size_dependent:
             messages.append(
-                f"{self.name}: batches of different sizes {sorted(self._sizes)} were averaged; kNN values depend on "
+                f"{self.name}: batches of different sizes {sorted(self.sizes.used)} were averaged; kNN values depend on "
                 "the number of samples the neighbours are drawn from, so use one batch size (drop_last=True) or "
                 "exact=True")
         mean, se = self._mean_se()
         if self.exact:
             se = None  # one set of all N: no spread over sets to report (the result holds NaN)
-        settings: dict[str, Any] = {"subset_sizes": sorted(self._sizes)}
+        settings: dict[str, Any] = {"subset_sizes": sorted(self.sizes.used)}
         if self.buffer is not None:
             settings["buffer_bytes_per_sample"] = self.buffer.bytes_per_sample
         return Computed(mean, se, settings=settings, messages=messages)
