@@ -81,6 +81,7 @@ class LayerCapture:
         self.raw_products = raw_products
         #: hooks only need to leave autocast when the forward pass runs under it
         self.autocast = autocast
+        self._last_scratch: Tensor | None = None
         self.reset(0)
 
     def reset(self, n: int, inputs: Any = None) -> None:
@@ -147,10 +148,15 @@ class LayerCapture:
                            torch.tensor(float(x.shape[1]), dtype=torch.float64, device=x.device))
 
     def _scratch(self, t: Tensor) -> Tensor:
-        """A reusable buffer for the centred copy of ``t`` (one per dtype and device: the
-        hooks of one forward pass run one after another, DataParallel replicas on
-        different devices)."""
-        return self.workspace.get(("activation",), (t.numel(),), _gram_dtype(t), t.device)
+        """A reusable 1-D buffer for the centred copy of ``t`` (one per dtype and device in
+        the workspace: the hooks of one forward pass run one after another, DataParallel
+        replicas on different devices). The last one is kept at hand: inside a forward pass
+        even a dictionary lookup costs tens of microseconds (the convolutions have evicted
+        the interpreter's data from the caches), on every hooked layer."""
+        buf = self._last_scratch
+        if buf is None or buf.numel() < t.numel() or buf.device != t.device or buf.dtype != _gram_dtype(t):
+            buf = self._last_scratch = self.workspace.get(("activation",), (t.numel(),), _gram_dtype(t), t.device)
+        return buf
 
     def _slot(self, i: int, t: Tensor) -> Tensor:
         """Where layer ``i``'s Gram goes: row ``i`` of an ``(L, n, n)`` stack reused across
