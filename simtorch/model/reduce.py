@@ -111,7 +111,7 @@ class OutputReducer:
         # to transpose, pool or warn about (inside a forward pass every further line costs:
         # the convolutions have evicted the interpreter's data from the caches)
         size = self.feature_size.get(name)
-        if (size is not None and isinstance(output, Tensor) and self.owner.output_fn is None
+        if (size is not None and isinstance(output, Tensor) and self.output_fn is None
                 and output.dim() != 3 and output.dim() > 0 and output.shape[0] == n and output.numel() == n * size
                 and (output.dim() == 2 or self.sequence[name] == "flatten")):
             return output
