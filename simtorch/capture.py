@@ -11,9 +11,17 @@ product, of the rows minus their column mean or, for a large activation whose me
 or well estimated from its first rows, of the rows as they are or minus that estimate, with
 one fused pass at most (:func:`~simtorch.functional.capture_product`); after the forward
 pass the whole stack is double-centred and its energies taken in a few batched operations
-(:func:`~simtorch.functional.finish_grams_`). Each Gram depends on its batch alone, never on
-the batches before. The raw-product parts (which need the exact mean) and accelerators (no
-host reads in the loop) centre by the exact mean.
+(:func:`~simtorch.functional.finish_grams_`). The check that a product of raw or shifted
+rows kept its precision (:func:`~simtorch.functional.accept_product`) is made then too, for
+all layers at once (:meth:`LayerCapture.verify`): inside the forward pass every small
+operation costs several times what it costs after it. A batch with a failed product is run
+again through that model with the checks in the hooks, and the failed layer is centred by
+its exact mean for the rest of the pass; where a second pass would change the model (a
+module in training mode) or other processes wait (torch.distributed), the checks stay in
+the hooks. Each Gram depends on its batch alone, except that a layer which failed the check
+is centred exactly on the later batches (the same values to float32 rounding, not to the
+bit). The raw-product parts (which need the exact mean) and accelerators (no host reads in
+the loop) centre by the exact mean.
 """
 
 from __future__ import annotations
@@ -81,7 +89,17 @@ class LayerCapture:
         self.raw_products = raw_products
         #: hooks only need to leave autocast when the forward pass runs under it
         self.autocast = autocast
+        #: whether the κ check of the products may wait until after the forward pass
+        #: (:meth:`verify`): set by the engine where a batch can be run again, and only for
+        #: a model with no module in training mode (a second pass would update BatchNorm's
+        #: running statistics or draw new dropout masks)
+        self.defer = False
+        #: layers centred by their exact mean from the batch after one failed the deferred
+        #: check on, so that a model whose first rows are unrepresentative is run again once,
+        #: not on every batch
+        self.exact_layers: set[int] = set()
         self._last_scratch: Tensor | None = None
+        self._stats: tuple[Tensor, Tensor, Tensor] | None = None
         self.reset(0)
 
     def reset(self, n: int, inputs: Any = None) -> None:
@@ -93,6 +111,7 @@ class LayerCapture:
         self.features: list[Tensor | None] = [None] * self.n_layers
         self.raw: list[tuple[Tensor, Tensor, Tensor, Tensor] | None] = [None] * self.n_layers
         self.stack: Tensor | None = None
+        self._stats = None
 
     # ------------------------------------------------------------------ hooks
     @contextmanager
@@ -104,6 +123,8 @@ class LayerCapture:
             try:
                 for i, name in enumerate(self.sm.layer_names):
                     handles.append(self.sm.module(name).register_forward_hook(self._hook(i, name)))
+                if any(m.training for m in self.sm.model.modules()):
+                    self.defer = False
                 yield
             finally:
                 for h in handles:
@@ -133,7 +154,8 @@ class LayerCapture:
 
     def _capture(self, i: int, t: Tensor) -> None:
         scratch, out = self._scratch(t), self._slot(i, t)
-        g, extra, mu = F.capture_product(t, scratch, out, exact=self.raw_products or t.device.type != "cpu")
+        exact = self.raw_products or t.device.type != "cpu" or i in self.exact_layers
+        g, extra, mu = F.capture_product(t, scratch, out, exact=exact, defer=self.defer)
         self.grams[i] = g
         self.extra[i] = extra
         if self.feature_fn is not None:
@@ -183,11 +205,40 @@ class LayerCapture:
                     f"{self.sm.model_name}: call_index {want} asked for layer {name!r}, which ran {calls} time(s)"
                 )
 
+    def verify(self) -> bool:
+        """The κ checks the hooks deferred (:func:`~simtorch.functional.accept_product`), for
+        all layers at once: a few operations over the whole stack, instead of two small
+        operations and two reads per layer inside the forward pass, where each costs several
+        times what it costs here (measured: 1.5–2.5 ms per W1-many batch of 128). False when a product failed: its layer is then
+        centred by its exact mean from now on (:attr:`exact_layers`), and the caller must run
+        the forward pass again for this batch (with :attr:`defer` off, so every product is
+        made and checked in its hook)."""
+        pending = [(i, e) for i, e in enumerate(self.extra) if isinstance(e, F.Unchecked)]
+        if not pending:
+            return True
+        grams = self.stacked()
+        trace, rows = F.gram_stats(grams)
+        traces, totals = trace.tolist(), rows.sum(-1).tolist()
+        eps = torch.finfo(grams.dtype).eps
+        failed = []
+        for i, e in pending:
+            extra = F.accept_product(traces[i], totals[i], self.n, e, eps)
+            if extra is None:
+                failed.append(i)
+            self.extra[i] = extra
+        if failed:
+            self.exact_layers.update(failed)
+            return False
+        self._stats = (grams, trace, rows)
+        return True
+
     def finish(self) -> tuple[Tensor, Tensor]:
         """The ``(L, n, n)`` centred Grams of the last forward pass and their ``(L,)``
         energies ``‖X‖_F²``: the products the hooks left are double-centred here, in place,
         in one go (call once per forward pass)."""
-        grams = self.stacked()
+        grams, stats = self.stacked(), None
+        if self._stats is not None and self._stats[0] is grams:
+            stats = self._stats[1:]
         # the hooks' extras: floats where the check read them off the device, else 0-d tensors
         # (two operations for the whole stack, not one per layer)
         held = [i for i, e in enumerate(self.extra) if isinstance(e, Tensor)]
@@ -198,7 +249,7 @@ class LayerCapture:
                                  device=grams.device)
             if held:
                 extra[held] += torch.stack([self.extra[i].to(grams.dtype) for i in held])  # type: ignore[union-attr]
-        return grams, F.finish_grams_(grams, extra)
+        return grams, F.finish_grams_(grams, extra, stats)
 
     def stacked(self) -> Tensor:
         """The ``(L, n, n)`` Gram products of the last forward pass (before :meth:`finish`)."""

@@ -167,6 +167,7 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
                 for sm in members:
                     captures[id(sm)] = LayerCapture(sm, workspace, needs.features, needs.raw_products,
                                                     autocast is not None)
+                    captures[id(sm)].defer = not dist_on  # a redone batch must not desynchronise ranks
                     stack.enter_context(captures[id(sm)].attached())
             for index, batch in enumerate(iterator):
                 raw = unpack_batch(batch, options.input_key, options.input_fn)
@@ -180,18 +181,20 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
                 for members in groups.values():
                     where = run_device[id(members[0])]
                     inputs = to_device(raw, where)
-                    for sm in members:
-                        captures[id(sm)].reset(n, inputs)
-                    with torch.autocast(device_type=where.type, dtype=autocast) if autocast is not None else nullcontext():
+                    caps = [captures[id(sm)] for sm in members]
+                    _forward(members, caps, n, inputs, where, autocast)
+                    if not all([cap.verify() for cap in caps]):
+                        # a deferred κ check failed (the first rows of a layer were far from
+                        # its mean): the batch runs again with every product checked in its
+                        # hook, so all of this model's Grams still come from one forward pass
+                        deferring = [cap.defer for cap in caps]
+                        for cap in caps:
+                            cap.defer = False
                         try:
-                            call_model(members[0].model, inputs)
-                        except RuntimeError as exc:
-                            hint = _reuse_hint(members, captures)
-                            if hint:
-                                raise RuntimeError(f"{exc} {hint}") from exc
-                            raise
-                    for sm in members:
-                        captures[id(sm)].check()
+                            _forward(members, caps, n, inputs, where, autocast)
+                        finally:
+                            for cap, d in zip(caps, deferring):
+                                cap.defer = d
                 side_a = _stack(captures[id(model_a)], dev)
                 side_b = side_a if same else _stack(captures[id(model_b)], dev)
                 guard.add(index, model_a, side_a[1])
@@ -252,12 +255,26 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
     return done
 
 
-def _reuse_hint(members: Sequence[SimilarityModel], captures: dict[int, LayerCapture]) -> str:
+def _forward(members: Sequence[SimilarityModel], caps: Sequence[LayerCapture], n: int, inputs: Any,
+             where: torch.device, autocast: torch.dtype | None) -> None:
+    """One forward pass of the module the ``members`` wrap, each member's hooks capturing."""
+    for cap in caps:
+        cap.reset(n, inputs)
+    with torch.autocast(device_type=where.type, dtype=autocast) if autocast is not None else nullcontext():
+        try:
+            call_model(members[0].model, inputs)
+        except RuntimeError as exc:
+            hint = _reuse_hint(members, caps)
+            if hint:
+                raise RuntimeError(f"{exc} {hint}") from exc
+            raise
+    for cap in caps:
+        cap.check()
+
+
+def _reuse_hint(members: Sequence[SimilarityModel], caps: Sequence[LayerCapture]) -> str:
     """The 0.2.1 note for a module that ran twice (found from the capture's call counts)."""
-    for sm in members:
-        cap = captures.get(id(sm))
-        if cap is None:
-            continue
+    for sm, cap in zip(members, caps):
         for i, name in enumerate(sm.layer_names):
             if cap.calls[i] > 1 and sm.call_index(name) is None:
                 return sm.reuse_hint(name)

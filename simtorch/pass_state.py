@@ -2,7 +2,10 @@
 file and loading a saved state into the metrics, and the last save of an interrupted pass.
 The file format and fingerprint are :mod:`simtorch.resume`'s. Nothing of the capture hooks
 is saved: each batch's Grams depend on that batch alone (:func:`~simtorch.functional.capture_product`),
-so a resumed pass makes the same ones as the uninterrupted pass."""
+so a resumed pass makes the same ones as the uninterrupted pass (to the bit, unless a layer
+failed the deferred precision check before the resume point: that layer is then centred
+exactly on later batches of the uninterrupted pass only, the same values to float32
+rounding, :class:`~simtorch.capture.LayerCapture`)."""
 
 from __future__ import annotations
 

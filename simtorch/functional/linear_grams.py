@@ -23,6 +23,8 @@ one matrix.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -34,7 +36,10 @@ __all__ = [
     "HALVES_MAX_ELEMENTS",
     "gram_product",
     "double_center_",
+    "Unchecked",
     "capture_product",
+    "gram_stats",
+    "accept_product",
     "finish_grams_",
     "centred_gram",
     "linear_gram",
@@ -101,7 +106,13 @@ def gram_product(x: Tensor, shift: Tensor | None = None, scratch: Tensor | None 
     return out
 
 
-def double_center_(g: Tensor) -> tuple[Tensor, Tensor]:
+def gram_stats(g: Tensor) -> tuple[Tensor, Tensor]:
+    """The trace and the row sums of the product (stack) ``g``: all that the κ check
+    (:func:`accept_product`) and the double centring (:func:`double_center_`) read of it."""
+    return g.diagonal(dim1=-2, dim2=-1).sum(-1), g.sum(-1)
+
+
+def double_center_(g: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Double-centre the Gram (stack) ``g`` in place, ``g ← H g H`` with ``H = I − 11ᵀ/n``,
     in ``g``'s own dtype, and return ``(tr g before, mean of g before)`` as tensors.
 
@@ -110,11 +121,12 @@ def double_center_(g: Tensor) -> tuple[Tensor, Tensor]:
     ``G − u1ᵀ − 1uᵀ``, two broadcast subtractions. For ``G̃ = X̃X̃ᵀ`` of shifted rows it is
     exactly the Gram of the column-centred features (any shift cancels), and
     ``tr(G_c) = tr(G̃) − n·Ḡ_··``. The rounding added is ``eps`` of the entries of ``G̃``,
-    the order of the product's own (:data:`~simtorch.functional.GRAM_KAPPA`).
+    the order of the product's own (:data:`~simtorch.functional.GRAM_KAPPA`). ``stats`` are
+    :func:`gram_stats` of ``g`` when the caller has them already (the row sums are used up).
     """
     n = g.shape[-1]
-    trace = g.diagonal(dim1=-2, dim2=-1).sum(-1)
-    u = g.sum(-1).div_(n)  # row means
+    trace, u = gram_stats(g) if stats is None else stats
+    u = u.div_(n)  # row means
     total = u.mean(-1)
     u.sub_((total / 2).unsqueeze(-1))
     g.sub_(u.unsqueeze(-2))
@@ -122,8 +134,40 @@ def double_center_(g: Tensor) -> tuple[Tensor, Tensor]:
     return trace, total
 
 
+class Unchecked(NamedTuple):
+    """A product :func:`capture_product` made without its κ check (``defer=True``): what
+    :func:`accept_product` needs besides the product's trace and sum."""
+
+    #: rows multiplied as they are (else minus the mean of the first rows)
+    raw: bool
+    #: ``‖μ_k‖²`` of that shift (0 for raw rows)
+    mu_sq: float
+
+
+def accept_product(tr: float, total: float, n: int, pending: Unchecked, eps: float) -> float | None:
+    """The κ check of a product of raw or shifted rows (:func:`capture_product`) from its
+    trace ``tr`` and the sum ``total`` of its entries: None when the product must be made
+    again with the exact mean, else the ``extra`` that makes the energy
+    ``‖X‖_F² = tr(G_c) + extra``.
+
+    Accepted when the rows were centred well enough for the product's rounding,
+    ``tr(G̃) ≤ GRAM_KAPPA · tr(G_c)`` with ``tr(G_c) = tr(G̃) − 1ᵀG̃1/n``, or are themselves
+    within rounding of the shift (constant features: the exact mean would show nothing more,
+    and the noise floor flags them anyway). For raw rows ``extra = 1ᵀG̃1/n = n‖μ‖²``; for
+    shifted ones ``n‖μ‖²`` is estimated from ``E‖μ_k‖² = ‖μ‖² + tr(Σ)/k`` and
+    ``tr(G_c) ≈ (n − 1) tr(Σ)``.
+    """
+    centred = tr - total / n
+    if tr <= GRAM_KAPPA * centred or tr <= (DATA_ULPS * eps) ** 2 * (tr + n * pending.mu_sq):
+        if pending.raw:
+            return total / n
+        return n * max(pending.mu_sq - centred / (SHIFT_ROWS * (n - 1)), 0.0)
+    return None
+
+
 def capture_product(x: Tensor, scratch: Tensor | None = None, out: Tensor | None = None,
-                    exact: bool = False) -> tuple[Tensor, Tensor | float, Tensor | None]:
+                    exact: bool = False, defer: bool = False
+                    ) -> tuple[Tensor, Tensor | float | Unchecked, Tensor | None]:
     """The product ``X̃X̃ᵀ`` a layer's Gram is made from, before its double centring.
 
     Returns ``(G̃, extra, μ)``: :func:`finish_grams_` turns ``G̃`` into the centred Gram
@@ -139,13 +183,17 @@ def capture_product(x: Tensor, scratch: Tensor | None = None, out: Tensor | None
       the spread, e.g. a first convolution), else ``X`` minus the mean ``μ_k`` of those rows
       (within about ``σ/√k`` of the batch mean, so ``κ ≈ 1 + 1/k`` whatever the offset).
       The product is then checked, ``tr(G̃) ≤ GRAM_KAPPA · tr(G_c)`` from its own trace and
-      sum, and a batch that fails (first rows unrepresentative) is redone with the exact mean.
+      sum (:func:`accept_product`), and a batch that fails (first rows unrepresentative) is
+      redone with the exact mean. With ``defer`` the check is left to the caller, who has
+      the activation no more but checks all layers' products at once after the forward
+      pass: ``extra`` is then an :class:`Unchecked`, and a failed product must be made again.
       With the shift, ``‖μ‖² ≈ ‖μ_k‖² − tr(G_c)/(k(n−1))`` (unbiased, off by about
       ``2‖μ‖σ/√k`` per row), which is all the noise floor ``‖X‖²`` feeds needs.
 
     So no Gram is rounded worse than the bound :func:`~simtorch.functional.kernel_scale`
     relies on, and each is a function of its batch alone (the same batch gives the same bits
-    whatever came before it). The check reads numbers from the device, so callers off the
+    whatever came before it; the engine departs from this only for a layer that failed a
+    deferred check, :class:`~simtorch.capture.LayerCapture`). The check reads numbers from the device, so callers off the
     CPU, where the loop must not wait and passes over memory are cheap, pass ``exact=True``.
     """
     x = flatten_samples(x)
@@ -167,28 +215,25 @@ def capture_product(x: Tensor, scratch: Tensor | None = None, out: Tensor | None
     raw = s_h / k**2 <= (0.75 * GRAM_KAPPA - 1) * (tr_h - s_h / k) / (k - 1)
     shift = None if raw else s.div_(k).unsqueeze(0)
     g = gram_product(x, shift, scratch, out)
-    tr, total = torch.trace(g).item(), g.sum().item()
-    mu_sq = 0.0 if shift is None else s_h / k**2
-    centred = tr - total / n  # tr(G_c) = tr(G̃) − 1ᵀG̃1/n
-    eps = _EPS[g.dtype]
-    # accepted when the rows were centred well enough for the product's rounding, or are
-    # themselves within rounding of the shift (constant features: the exact mean would show
-    # nothing more, and the noise floor flags them anyway)
-    if tr <= GRAM_KAPPA * centred or tr <= (DATA_ULPS * eps) ** 2 * (tr + n * mu_sq):
-        # E‖μ_k‖² = ‖μ‖² + tr(Σ)/k, and tr(G_c) = (n − 1) tr(Σ) on average
-        return g, (total / n if raw else n * max(mu_sq - centred / (k * (n - 1)), 0.0)), None
+    pending = Unchecked(raw, 0.0 if shift is None else s_h / k**2)
+    if defer:
+        return g, pending, None
+    extra = accept_product(torch.trace(g).item(), g.sum().item(), n, pending, _EPS[g.dtype])
+    if extra is not None:
+        return g, extra, None
     return capture_product(x, scratch, out, exact=True)
 
 
-def finish_grams_(g: Tensor, extra: Tensor | float) -> Tensor:
+def finish_grams_(g: Tensor, extra: Tensor | float, stats: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Double-centre the products of :func:`capture_product` in place and return the
     energies ``‖X‖_F² = tr(H G̃ H) + extra``.
 
     ``g`` is one product ``(n, n)`` or a stack ``(L, n, n)``, ``extra`` a scalar or ``(L,)``.
     A few batched operations over the whole stack (:func:`double_center_`), once per forward
     pass. Centring a centred Gram again changes nothing but rounding, and its energy stays.
+    ``stats``: :func:`gram_stats` of ``g``, when the caller took them for the κ check.
     """
-    trace, total = double_center_(g)
+    trace, total = double_center_(g, stats)
     return trace - g.shape[-1] * total + (extra.to(trace.dtype) if isinstance(extra, Tensor) else extra)
 
 
