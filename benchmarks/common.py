@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
+import importlib.util
 import inspect
 import json
 import os
@@ -21,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+# this checkout's simtorch only where no other is importable (a checkout without `pip install
+# -e .`): PYTHONPATH=<another tree> must win, so that an older commit can be timed with
+# today's benchmarks (putting ROOT first made such a "before" run time this tree's code)
+if importlib.util.find_spec("simtorch") is None:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
