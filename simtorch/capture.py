@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,30 @@ def _gram_dtype(t: Tensor) -> torch.dtype:
     return F.gram_dtype(t.dtype)
 
 
+_NOTHING = torch.empty(0)
+
+
+class _Plan(NamedTuple):
+    """How a layer's float32 CPU output of one shape was captured, kept for the next batches
+    (:meth:`LayerCapture._lean`): the reshape, the stack slot, the scratch view and the
+    product's form, so that the hook reads two attributes of the output instead of a few
+    dozen. Inside the forward pass each attribute read and each line of Python costs
+    microseconds (measured: 80 µs per layer for the whole general path, 4.5 ms per W1-many
+    batch)."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+    #: False: outputs of this shape take the general path (small, reduced, not float32…);
+    #: kept so that the hook does not ask again on every batch
+    lean: bool
+    n: int
+    d: int
+    stack: Tensor
+    out: Tensor
+    scratch: Tensor
+    halves: bool
+
+
 class LayerCapture:
     """What the hooks on one SimilarityModel's layers write during a forward pass: each
     layer's Gram (into a slot of a stack reused from batch to batch), its energy and, if a
@@ -100,6 +124,10 @@ class LayerCapture:
         self.exact_layers: set[int] = set()
         self._last_scratch: Tensor | None = None
         self._stats: tuple[Tensor, Tensor, Tensor] | None = None
+        #: per layer, how its output was captured last (None: not by the lean path)
+        self._plans: list[_Plan | None] = [None] * self.n_layers
+        #: the lean path serves plain Grams only: no features, raw parts or autocast
+        self._lean_ok = feature_fn is None and not raw_products and not autocast
         self.reset(0)
 
     def reset(self, n: int, inputs: Any = None) -> None:
@@ -145,12 +173,57 @@ class LayerCapture:
                 )
             if want is not None and want >= 0 and call != want:
                 return
-            t = sm.reduce(name, output, self.n, self.inputs).detach()
+            plan = self._plans[i]
+            known = plan is not None and type(output) is Tensor and output.shape == plan.shape \
+                and output.dtype is plan.dtype
+            if known and plan.lean and self.defer and output.is_cpu and i not in self.exact_layers:  # type: ignore[union-attr]
+                self._lean(i, output, plan)  # type: ignore[arg-type]
+                return
+            r = sm.reduce(name, output, self.n, self.inputs)
+            t = r.detach()
             # under autocast the Gram must still be a float32 product, not a bf16/fp16 one
             with torch.autocast(device_type=t.device.type, enabled=False) if self.autocast else nullcontext():
                 self._capture(i, t)
+            if not known:
+                self._plans[i] = self._plan(i, output, t, r is output)
 
         return hook
+
+    def _plan(self, i: int, output: Any, t: Tensor, plain: bool) -> _Plan | None:
+        """How the next outputs of this shape are captured: by the lean path where the
+        general one multiplies ``t`` (as it is or shifted; the check deferred): an output
+        that needed no reduction (``plain``), a large contiguous float32 CPU activation,
+        not one that needs a gradient, in its slot of the stack."""
+        if not isinstance(output, Tensor):
+            return None
+        n = t.shape[0] if t.dim() > 0 else 0
+        d = t.numel() // max(n, 1)
+        g = self.grams[i]
+        lean = (plain and self._lean_ok and t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()
+                and not t.requires_grad and F.large(n, d)
+                and self.stack is not None and g is not None and g.data_ptr() == self.stack[i].data_ptr())
+        if not lean:  # holds no tensor: nothing of a batch may outlive it
+            return _Plan(output.shape, output.dtype, False, n, d, _NOTHING, _NOTHING, _NOTHING, False)
+        scratch = self._scratch(t)[: n * d].view(n, d)
+        return _Plan(output.shape, output.dtype, True, n, d, self.stack, self.stack[i], scratch,  # type: ignore[index]
+                     F.in_halves(n, d))
+
+    def _lean(self, i: int, output: Tensor, plan: _Plan) -> None:
+        """:func:`~simtorch.functional.capture_product` with ``defer=True`` on an output the
+        plan fits, as few reads of the output as possible: the same products, the same bits."""
+        try:
+            x = output.view(plan.n, plan.d)
+        except RuntimeError:  # not contiguous this time: the general path copies it
+            self._plans[i] = None
+            self._capture(i, output.detach())
+            return
+        if self.stack is None:
+            self.stack = plan.stack
+        shift, mu_sq = F.head_shift(x)
+        if shift is not None:
+            x = torch.sub(x, shift, out=plan.scratch)
+        self.grams[i] = F.product_into(x, plan.out, plan.halves)
+        self.extra[i] = F.Unchecked(shift is None, mu_sq)
 
     def _capture(self, i: int, t: Tensor) -> None:
         scratch, out = self._scratch(t), self._slot(i, t)

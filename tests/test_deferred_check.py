@@ -168,3 +168,71 @@ def test_deferred_check_agrees_with_the_check_in_the_hook(case):
     else:
         assert torch.equal(g_now, g_later)
         assert extra == pytest.approx(float(extra_now), rel=1e-5)
+
+
+# ------------------------------------------------------------ the lean path of the hooks
+
+
+class Strided(nn.Module):
+    """An output that is not contiguous (a transposed view)."""
+
+    def forward(self, x):
+        return x.t().contiguous().t()
+
+
+def test_lean_path_is_taken_and_gives_the_general_paths_bits(monkeypatch):
+    """After the first batch a plain float32 output is captured by the lean path
+    (LayerCapture._lean); with the plans disabled every batch takes the general path: the
+    same Grams and energies to the bit, batch sizes changing included."""
+    from simtorch import capture
+
+    xs = batches(3) + [torch.randn(N - 40, 6), torch.randn(N, 6)]  # a smaller batch between
+    calls = []
+    lean = capture.LayerCapture._lean
+
+    def spy(self, i, output, plan):
+        calls.append(i)
+        return lean(self, i, output, plan)
+
+    monkeypatch.setattr(capture.LayerCapture, "_lean", spy)
+    runs = {}
+    for kind in ("lean", "general"):
+        if kind == "general":
+            monkeypatch.setattr(capture.LayerCapture, "_plan", lambda self, i, output, t, plain: None)
+        calls.clear()
+        runs[kind] = run(net(far=False), ["fc", "act", "big", "tail"], xs)
+        if kind == "lean":
+            # batches 2 and 3, every layer; the smaller batch 4 and batch 5 each find a plan
+            # made for another size and take the general path (making a new plan)
+            assert calls == [0, 1, 2, 3] * 2
+        else:
+            assert calls == []
+    for a, b in zip(runs["lean"].grams, runs["general"].grams):
+        assert torch.equal(a, b)
+    for a, b in zip(runs["lean"].energy, runs["general"].energy):
+        assert torch.equal(a, b)
+
+
+def test_outputs_the_lean_path_cannot_take_go_the_general_way(monkeypatch):
+    """Not contiguous, float64, or a reduced output (sequence pooling): the general path,
+    every batch, with exact Grams."""
+    from simtorch import capture
+
+    calls = []
+    lean = capture.LayerCapture._lean
+
+    def spy(self, i, output, plan):
+        calls.append(i)
+        return lean(self, i, output, plan)
+
+    monkeypatch.setattr(capture.LayerCapture, "_lean", spy)
+    torch.manual_seed(0)
+    model = Counted(OrderedDict(fc=nn.Linear(6, WIDTH), strided=Strided(), tail=nn.Linear(WIDTH, 3)))
+    keep = run(model, ["fc", "strided"], batches(3))
+    assert calls == [0, 0]  # fc only, batches 2 and 3; never the strided layer
+    for k, x in enumerate(batches(3)):
+        want = centred_gram64(model, "strided", x)
+        assert float((keep.grams[k][1].double() - want).abs().max() / want.diagonal().mean()) < 1e-5
+    calls.clear()
+    run(net(far=False).double(), ["fc", "big"], [x.double() for x in batches(3)])
+    assert calls == []

@@ -35,6 +35,10 @@ __all__ = [
     "RAW_MIN_ELEMENTS",
     "HALVES_MAX_ELEMENTS",
     "gram_product",
+    "large",
+    "in_halves",
+    "product_into",
+    "head_shift",
     "double_center_",
     "Unchecked",
     "capture_product",
@@ -94,16 +98,54 @@ def gram_product(x: Tensor, shift: Tensor | None = None, scratch: Tensor | None 
         return x @ x.T  # out= does not take part in autograd
     if not _fits(out, x.dtype, x.device, (n, n)):
         out = x.new_empty((n, n))
-    d = x.shape[1]
-    if x.device.type != "cpu" or n < 128 or d < 2048 or n * d > HALVES_MAX_ELEMENTS:
+    return product_into(x, out, x.device.type == "cpu" and in_halves(n, x.shape[1]))
+
+
+def large(n: int, d: int) -> bool:
+    """Whether :func:`capture_product` multiplies ``n × d`` rows as they are or shifted by
+    the mean of the first ones (:func:`head_shift`), not centred by their exact mean:
+    :data:`RAW_MIN_ELEMENTS` or more, and more rows than :data:`SHIFT_ROWS`."""
+    return n > SHIFT_ROWS and n * d >= RAW_MIN_ELEMENTS
+
+
+def in_halves(n: int, d: int) -> bool:
+    """Whether a CPU product of ``n × d`` rows is taken in row halves (:data:`HALVES_MAX_ELEMENTS`)."""
+    return n >= 128 and d >= 2048 and n * d <= HALVES_MAX_ELEMENTS
+
+
+def product_into(x: Tensor, out: Tensor, halves: bool) -> Tensor:
+    """``X Xᵀ`` into ``out`` (``(n, n)``, ``x``'s dtype and device): one GEMM, or with ``halves``
+    the top rows against every row, the bottom block, and the lower-left block mirrored from
+    the upper-right: the same dot products as one GEMM, three quarters of them."""
+    if not halves:
         return torch.mm(x, x.T, out=out)
-    # the top rows against every row, the bottom block, and the lower-left block mirrored
-    # from the upper-right: the same dot products as one GEMM, three quarters of them
-    h = n // 2
+    h = x.shape[0] // 2
     top = torch.mm(x[:h], x.T, out=out[:h])
     out[h:, h:] = x[h:] @ x[h:].T
     out[h:, :h] = top[:, h:].T
     return out
+
+
+def head_shift(x: Tensor) -> tuple[Tensor | None, float]:
+    """For a large ``(n, d)`` activation, ``n > SHIFT_ROWS``: None when its first
+    :data:`SHIFT_ROWS` rows show ``κ = ‖X‖²/tr(G_c) ≤ ¾ GRAM_KAPPA`` (multiply it as it is),
+    else the mean ``μ_k`` ``(d,)`` of those rows (a new tensor) to shift it by; and ``‖μ_k‖²``.
+
+    ``κ ≈ 1 + ‖μ‖²/σ²``, estimated with ``‖μ_k‖² = ‖Σ xᵢ‖²/k²`` and
+    ``σ² = (Σ ‖xᵢ‖² − ‖Σ xᵢ‖²/k)/(k − 1)`` over the first ``k`` rows; ¾ of the bound leaves
+    room for the estimate's scatter, and the κ check (:func:`accept_product`) catches the
+    rest. Read with as few operations as possible: inside a forward pass each one costs
+    about as much as a pass over a small layer (the first rows' sum and two dot products
+    take half the time of their ``k × k`` Gram).
+    """
+    k = SHIFT_ROWS
+    head = x[:k]
+    s = head.sum(dim=0)
+    hv = head.reshape(-1)
+    s_h, tr_h = torch.dot(s, s).item(), torch.dot(hv, hv).item()
+    if s_h / k**2 <= (0.75 * GRAM_KAPPA - 1) * (tr_h - s_h / k) / (k - 1):
+        return None, 0.0
+    return s.div_(k), s_h / k**2
 
 
 def gram_stats(g: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,23 +241,12 @@ def capture_product(x: Tensor, scratch: Tensor | None = None, out: Tensor | None
     x = flatten_samples(x)
     x = x.to(gram_dtype(x.dtype))
     n, d = x.shape
-    k = SHIFT_ROWS
-    if exact or n <= k or n * d < RAW_MIN_ELEMENTS:
+    if exact or not large(n, d):
         mu = x.mean(dim=0, keepdim=True)
         return gram_product(x, mu, scratch, out), torch.dot(mu[0], mu[0]).mul_(n), mu
-    # the few numbers of the decision are read with as few operations as possible: on a
-    # network of many small layers each one costs about as much as a pass over the layer
-    # (the first rows' sum and two dot products take half the time of their k × k Gram)
-    head = x[:k]
-    s = head.sum(dim=0)
-    s_h, tr_h = torch.dot(s, s).item(), torch.dot(head.reshape(-1), head.reshape(-1)).item()
-    # κ ≈ 1 + ‖μ‖²/σ² with ‖μ_k‖² = ‖Σ xᵢ‖²/k² and σ² = (Σ ‖xᵢ‖² − ‖Σ xᵢ‖²/k)/(k − 1) over the
-    # first k rows; ¾ of the bound leaves room for the estimate's scatter, and the check
-    # below catches the rest
-    raw = s_h / k**2 <= (0.75 * GRAM_KAPPA - 1) * (tr_h - s_h / k) / (k - 1)
-    shift = None if raw else s.div_(k).unsqueeze(0)
+    shift, mu_sq = head_shift(x)
     g = gram_product(x, shift, scratch, out)
-    pending = Unchecked(raw, 0.0 if shift is None else s_h / k**2)
+    pending = Unchecked(shift is None, mu_sq)
     if defer:
         return g, pending, None
     extra = accept_product(torch.trace(g).item(), g.sum().item(), n, pending, _EPS[g.dtype])
