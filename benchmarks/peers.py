@@ -89,7 +89,9 @@ def worker(cfg: dict) -> dict:
     C.similarity(w, sa, sb, warm, device, {}, metric="cka")()
     r = cfg["repeat"]
     rec: dict = {"workload": w.name, "n": n, "repeat": r, "grid": [len(sa.layer_names), len(sb.layer_names)],
-                 "threads": torch.get_num_threads(), "rounds": []}
+                 "threads": torch.get_num_threads(), "rounds": [],
+                 # which tree was timed (a worktree on PYTHONPATH for a "before" run)
+                 "simtorch": str(Path(C.simtorch.__file__).resolve().parent.parent)}
     for k in range(cfg.get("rounds", 3)):
         # the order rotates from round to round and from process to process, so no phase
         # always runs first (cold caches) or after the same neighbour
@@ -268,9 +270,12 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(), "torch": torch.__version__, "pytorch_cka": version,
             "threads": args.threads, "device": args.device, "cpu_count": os.cpu_count(),
             "total_s": time.perf_counter() - t_start}
+    trees = sorted({r.get("simtorch", "?") for runs in raw.values() for r in runs if "error" not in r})
+    meta["simtorch"] = trees
     text = table(results, version)
     print()
-    print(f"{meta['date']}  {meta['command']}  (torch {meta['torch']}, {args.threads} threads, {args.device})")
+    print(f"{meta['date']}  {meta['command']}  (torch {meta['torch']}, {args.threads} threads, {args.device}; "
+          f"simtorch from {', '.join(trees)})")
     print(text)
     path = Path(args.json) if args.json else HERE / "results" / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
