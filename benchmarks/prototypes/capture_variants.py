@@ -1,6 +1,10 @@
 """Whole forward passes with different Gram hooks, paired and interleaved (issue 12).
 
-    python benchmarks/prototypes/capture_variants.py [W1|W1-many|W1-wide] [rounds]
+    python benchmarks/prototypes/capture_variants.py [W1|W1-many|W1-wide] [rounds] [kinds] [threads]
+
+``kinds``: comma list (default ``none,floor,capture,nocheck``; also ``nocheck_trace``,
+``nocheck_sum``, ``nocheck_both``: the check's reads put back one at a time). With
+``threads`` = 1 the process CPU time is timed (less disturbed by a busy machine).
 
 ``hook_in_situ.py`` times the hook bodies; this times what the user waits for, the whole
 pass over N = 1024 of both models, so the hooks' effect on the convolutions around them
@@ -8,7 +12,7 @@ pass over N = 1024 of both models, so the hooks' effect on the convolutions arou
 
 - ``none``: no hook (forward only);
 - ``floor``: ``torch.mm(x, x.T)`` into the layer's slot of a reused stack;
-- ``capture``: :func:`simtorch.functional.capture_product`, as the engine calls it;
+- ``capture``: :func:`simtorch.functional.capture_product` with the check in the hook;
 - ``nocheck``: the same decision and product without the check of the product (the check's
   reads done for the whole stack after the pass, as a deferred check would do them).
 
