@@ -177,6 +177,18 @@ def build_models(w: Workload) -> tuple[nn.Module, nn.Module]:
     return a.eval(), b.eval()
 
 
+def prototype_setup(default: str = "W1-many", rounds: int = 3, n: int = 1024) -> tuple[Any, int, nn.Module, nn.Module,
+                                                                            SimilarityModel, SimilarityModel, Any]:
+    """What the in-pass prototypes share: ``argv[1]`` the workload (``default``), ``argv[2]``
+    the rounds; returns ``(workload, rounds, model_a, model_b, wrapper_a, wrapper_b, loader)``
+    with N = ``n`` on the CPU."""
+    w = WORKLOADS[sys.argv[1] if len(sys.argv) > 1 else default]
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else rounds
+    ma, mb = build_models(w)
+    sa, sb = wrap(w, ma, mb)
+    return w, rounds, ma, mb, sa, sb, make_loader(n, w.image_size, w.batch, torch.device("cpu"))
+
+
 def make_loader(n: int, image_size: int, batch: int, device: torch.device) -> torch.utils.data.DataLoader:
     ds = synthetic_images(n, image_size, seed=0)
     return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, num_workers=0,

@@ -180,14 +180,11 @@ class Strided(nn.Module):
         return x.t().contiguous().t()
 
 
-def test_lean_path_is_taken_and_gives_the_general_paths_bits(monkeypatch):
-    """After the first batch a plain float32 output is captured by the lean path
-    (LayerCapture._lean); with the plans disabled every batch takes the general path: the
-    same Grams and energies to the bit, batch sizes changing included."""
+def lean_calls(monkeypatch) -> list[int]:
+    """The layer indices LayerCapture._lean is called for, in order (it still captures)."""
     from simtorch import capture
 
-    xs = batches(3) + [torch.randn(N - 40, 6), torch.randn(N, 6)]  # a smaller batch between
-    calls = []
+    calls: list[int] = []
     lean = capture.LayerCapture._lean
 
     def spy(self, i, output, plan):
@@ -195,6 +192,17 @@ def test_lean_path_is_taken_and_gives_the_general_paths_bits(monkeypatch):
         return lean(self, i, output, plan)
 
     monkeypatch.setattr(capture.LayerCapture, "_lean", spy)
+    return calls
+
+
+def test_lean_path_is_taken_and_gives_the_general_paths_bits(monkeypatch):
+    """After the first batch a plain float32 output is captured by the lean path
+    (LayerCapture._lean); with the plans disabled every batch takes the general path: the
+    same Grams and energies to the bit, batch sizes changing included."""
+    from simtorch import capture
+
+    xs = batches(3) + [torch.randn(N - 40, 6), torch.randn(N, 6)]  # a smaller batch between
+    calls = lean_calls(monkeypatch)
     runs = {}
     for kind in ("lean", "general"):
         if kind == "general":
@@ -214,18 +222,8 @@ def test_lean_path_is_taken_and_gives_the_general_paths_bits(monkeypatch):
 
 
 def test_outputs_the_lean_path_cannot_take_go_the_general_way(monkeypatch):
-    """Not contiguous, float64, or a reduced output (sequence pooling): the general path,
-    every batch, with exact Grams."""
-    from simtorch import capture
-
-    calls = []
-    lean = capture.LayerCapture._lean
-
-    def spy(self, i, output, plan):
-        calls.append(i)
-        return lean(self, i, output, plan)
-
-    monkeypatch.setattr(capture.LayerCapture, "_lean", spy)
+    """Not contiguous, or float64: the general path, every batch, with exact Grams."""
+    calls = lean_calls(monkeypatch)
     torch.manual_seed(0)
     model = Counted(OrderedDict(fc=nn.Linear(6, WIDTH), strided=Strided(), tail=nn.Linear(WIDTH, 3)))
     keep = run(model, ["fc", "strided"], batches(3))

@@ -59,11 +59,7 @@ def main() -> None:
     threads = int(sys.argv[4]) if len(sys.argv) > 4 else 2
     torch.set_num_threads(threads)
     clock = time.process_time if threads == 1 else time.perf_counter
-    w = C.WORKLOADS[sys.argv[1] if len(sys.argv) > 1 else "W1-many"]
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    ma, mb = C.build_models(w)
-    sa, sb = C.wrap(w, ma, mb)
-    loader = C.make_loader(1024, w.image_size, w.batch, torch.device("cpu"))
+    w, rounds, ma, mb, sa, sb, loader = C.prototype_setup(rounds=5)
     n_layers = len(sa.layer_names) + len(sb.layer_names)
     stack = torch.empty(n_layers, w.batch, w.batch)
     scratch = torch.empty(1 << 24)

@@ -31,11 +31,7 @@ from simtorch import capture  # noqa: E402
 
 def main() -> None:
     torch.set_num_threads(2)
-    w = C.WORKLOADS[sys.argv[1] if len(sys.argv) > 1 else "W1-many"]
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    ma, mb = C.build_models(w)
-    sa, sb = C.wrap(w, ma, mb)
-    loader = C.make_loader(1024, w.image_size, w.batch, torch.device("cpu"))
+    w, rounds, ma, mb, sa, sb, loader = C.prototype_setup(rounds=5)
     batches = len(loader)
     spent = [0.0]
     make_hook, make_plan = capture.LayerCapture._hook, capture.LayerCapture._plan

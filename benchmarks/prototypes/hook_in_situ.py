@@ -37,11 +37,7 @@ DEFER = "--in-hook" not in sys.argv
 def main() -> None:
     sys.argv = [a for a in sys.argv if a != "--in-hook"]
     torch.set_num_threads(2)
-    w = C.WORKLOADS[sys.argv[1] if len(sys.argv) > 1 else "W1-many"]
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    ma, mb = C.build_models(w)
-    sa, sb = C.wrap(w, ma, mb)
-    loader = C.make_loader(1024, w.image_size, w.batch, torch.device("cpu"))
+    w, rounds, ma, mb, sa, sb, loader = C.prototype_setup(rounds=3)
     n_layers = len(sa.layer_names) + len(sb.layer_names)
     stack = torch.empty(n_layers, w.batch, w.batch)
     scratch = torch.empty(1 << 24)
