@@ -105,6 +105,7 @@ class LayerCapture:
         feature_fn: Callable[[Tensor], Tensor] | None = None,
         raw_products: bool = False,
         autocast: bool = False,
+        rerunnable: bool = False,
     ) -> None:
         self.sm = sm
         self.n_layers = len(sm.layer_names)
@@ -113,10 +114,13 @@ class LayerCapture:
         self.raw_products = raw_products
         #: hooks only need to leave autocast when the forward pass runs under it
         self.autocast = autocast
-        #: whether the κ check of the products may wait until after the forward pass
-        #: (:meth:`verify`): set by the engine where a batch can be run again, and only for
-        #: a model with no module in training mode (a second pass would update BatchNorm's
-        #: running statistics or draw new dropout masks)
+        #: whether the engine may run a batch again (not under torch.distributed, where the
+        #: other ranks would wait)
+        self.rerunnable = rerunnable
+        #: whether the κ check of the products waits until after the forward pass
+        #: (:meth:`verify`): where a batch may be run again and, set in :meth:`attached`,
+        #: no module is in training mode (a second pass would update BatchNorm's running
+        #: statistics or draw new dropout masks)
         self.defer = False
         #: layers centred by their exact mean from the batch after one failed the deferred
         #: check on, so that a model whose first rows are unrepresentative is run again once,
@@ -124,7 +128,7 @@ class LayerCapture:
         self.exact_layers: set[int] = set()
         self._last_scratch: Tensor | None = None
         self._stats: tuple[Tensor, Tensor, Tensor] | None = None
-        #: per layer, how its output was captured last (None: not by the lean path)
+        #: per layer, how outputs of the shape it saw last are captured (None: none seen yet)
         self._plans: list[_Plan | None] = [None] * self.n_layers
         #: the lean path serves plain Grams only: no features, raw parts or autocast
         self._lean_ok = feature_fn is None and not raw_products and not autocast
@@ -151,8 +155,7 @@ class LayerCapture:
             try:
                 for i, name in enumerate(self.sm.layer_names):
                     handles.append(self.sm.module(name).register_forward_hook(self._hook(i, name)))
-                if any(m.training for m in self.sm.model.modules()):
-                    self.defer = False
+                self.defer = self.rerunnable and not any(m.training for m in self.sm.model.modules())
                 yield
             finally:
                 for h in handles:
@@ -282,10 +285,10 @@ class LayerCapture:
         """The κ checks the hooks deferred (:func:`~simtorch.functional.accept_product`), for
         all layers at once: a few operations over the whole stack, instead of two small
         operations and two reads per layer inside the forward pass, where each costs several
-        times what it costs here (measured: 1.5–2.5 ms per W1-many batch of 128). False when a product failed: its layer is then
-        centred by its exact mean from now on (:attr:`exact_layers`), and the caller must run
-        the forward pass again for this batch (with :attr:`defer` off, so every product is
-        made and checked in its hook)."""
+        times what it costs here (measured: 1.5–2.5 ms per W1-many batch of 128). False when
+        a product failed: its layer is then centred by its exact mean from now on
+        (:attr:`exact_layers`), and the caller must run the forward pass again for this
+        batch (with :attr:`defer` off, so every product is made and checked in its hook)."""
         pending = [(i, e) for i, e in enumerate(self.extra) if isinstance(e, F.Unchecked)]
         if not pending:
             return True
@@ -309,9 +312,8 @@ class LayerCapture:
         """The ``(L, n, n)`` centred Grams of the last forward pass and their ``(L,)``
         energies ``‖X‖_F²``: the products the hooks left are double-centred here, in place,
         in one go (call once per forward pass)."""
-        grams, stats = self.stacked(), None
-        if self._stats is not None and self._stats[0] is grams:
-            stats = self._stats[1:]
+        # the stack and its statistics as verify() read them, or (nothing deferred) afresh
+        grams, stats = (self._stats[0], self._stats[1:]) if self._stats is not None else (self.stacked(), None)
         # the hooks' extras: floats where the check read them off the device, else 0-d tensors
         # (two operations for the whole stack, not one per layer)
         held = [i for i, e in enumerate(self.extra) if isinstance(e, Tensor)]

@@ -166,8 +166,7 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
             for members in groups.values():
                 for sm in members:
                     captures[id(sm)] = LayerCapture(sm, workspace, needs.features, needs.raw_products,
-                                                    autocast is not None)
-                    captures[id(sm)].defer = not dist_on  # a redone batch must not desynchronise ranks
+                                                    autocast is not None, rerunnable=not dist_on)
                     stack.enter_context(captures[id(sm)].attached())
             for index, batch in enumerate(iterator):
                 raw = unpack_batch(batch, options.input_key, options.input_fn)
@@ -183,7 +182,7 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
                     inputs = to_device(raw, where)
                     caps = [captures[id(sm)] for sm in members]
                     _forward(members, caps, n, inputs, where, autocast)
-                    if not all([cap.verify() for cap in caps]):
+                    if not all(cap.verify() for cap in caps):
                         # a deferred κ check failed (the first rows of a layer were far from
                         # its mean): the batch runs again with every product checked in its
                         # hook, so all of this model's Grams still come from one forward pass

@@ -13,8 +13,8 @@ pass over N = 1024 of both models, so the hooks' effect on the convolutions arou
 - ``none``: no hook (forward only);
 - ``floor``: ``torch.mm(x, x.T)`` into the layer's slot of a reused stack;
 - ``capture``: :func:`simtorch.functional.capture_product` with the check in the hook;
-- ``nocheck``: the same decision and product without the check of the product (the check's
-  reads done for the whole stack after the pass, as a deferred check would do them).
+- ``nocheck``: ``capture_product(..., defer=True)``, the same decision and product without
+  the check (its reads done for the whole stack after the pass, as the engine does them).
 
 Ratios are paired within a round (order rotated), medians over rounds.
 """
@@ -32,21 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common as C  # noqa: E402
 from simtorch import functional as F  # noqa: E402
-from simtorch.functional import linear_grams as LG  # noqa: E402
 
 
 def nocheck(x: torch.Tensor, scratch: torch.Tensor, out: torch.Tensor, read: str = "") -> None:
-    n, d = x.shape
-    k = LG.SHIFT_ROWS
-    if n * d < LG.RAW_MIN_ELEMENTS:
-        mu = x.mean(dim=0, keepdim=True)
-        LG.gram_product(x, mu, scratch, out)
-        return
-    head = x[:k]
-    s = head.sum(dim=0)
-    s_h, tr_h = torch.dot(s, s).item(), torch.dot(head.reshape(-1), head.reshape(-1)).item()
-    raw = s_h / k**2 <= (0.75 * F.GRAM_KAPPA - 1) * (tr_h - s_h / k) / (k - 1)
-    g = LG.gram_product(x, None if raw else s.div_(k).unsqueeze(0), scratch, out)
+    g, _, _ = F.capture_product(x, scratch, out, defer=True)  # as the engine's hooks make it
     if read == "trace":
         torch.trace(g).item()
     elif read == "sum":

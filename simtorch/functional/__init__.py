@@ -111,8 +111,8 @@ from .linear_grams import (
     head_shift,
     in_halves,
     large,
-    product_into,
     linear_gram,
+    product_into,
     quick_centred_gram,
 )
 from .moment_grids import GridMoments, procrustes_grid_from_moments, svcca_grid_from_moments

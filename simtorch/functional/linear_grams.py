@@ -235,8 +235,9 @@ def capture_product(x: Tensor, scratch: Tensor | None = None, out: Tensor | None
     So no Gram is rounded worse than the bound :func:`~simtorch.functional.kernel_scale`
     relies on, and each is a function of its batch alone (the same batch gives the same bits
     whatever came before it; the engine departs from this only for a layer that failed a
-    deferred check, :class:`~simtorch.capture.LayerCapture`). The check reads numbers from the device, so callers off the
-    CPU, where the loop must not wait and passes over memory are cheap, pass ``exact=True``.
+    deferred check, :class:`~simtorch.capture.LayerCapture`). The check reads numbers from
+    the device, so callers off the CPU, where the loop must not wait and passes over memory
+    are cheap, pass ``exact=True``.
     """
     x = flatten_samples(x)
     x = x.to(gram_dtype(x.dtype))
