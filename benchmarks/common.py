@@ -303,12 +303,16 @@ def timed(fn: Callable[[], None], device: torch.device) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats(device)
         cuda0 = torch.cuda.memory_allocated(device)
     with PeakRSS() as mem:
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync(device)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    # minor page faults: memory the allocator handed back to the OS and took again, whose
+    # first touch the kernel zeroes; they depend on the heap's history in this process
     rec = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": mem.peak, "rss_before_mib": mem.before,
-           "rss_growth_mib": mem.growth, "rss_after_mib": mem.after}
+           "rss_growth_mib": mem.growth, "rss_after_mib": mem.after, "minor_faults": faults}
     if device.type == "cuda":
         rec["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(device) / MiB
         rec["cuda_growth_mib"] = (torch.cuda.max_memory_allocated(device) - cuda0) / MiB

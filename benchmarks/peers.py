@@ -6,17 +6,22 @@
 Needs the optional ``bench`` extra (``pip install -e .[bench]``, i.e. ``pytorch-cka`` from
 PyPI, import name ``cka``); without it the script says so and stops.
 
-Every repeat of every workload is **one fresh process**: it builds the models and loader,
-warms each phase up on two batches, then times, in ``--rounds`` rounds (default 3) whose
-order rotates from round to round and from process to process: ``forward`` (both models
-under ``torch.inference_mode``, nothing else), ``floor`` (the same plus one bare float32
-GEMM ``X Xᵀ`` per hooked layer: the cost of any exact Gram, ``common.grams_only``),
+Every repeat of every workload is **four fresh processes, one per phase**, built side by
+side: each builds the models and loader and warms its phase up on two batches; then, in
+``--rounds`` rounds (default 3) whose order rotates from round to round and from repeat to
+repeat, the driver tells one process at a time to run its phase once: ``forward`` (both
+models under ``torch.inference_mode``, nothing else), ``floor`` (the same plus one bare
+float32 GEMM ``X Xᵀ`` per hooked layer: the cost of any exact Gram, ``common.grams_only``),
 ``pytorch-cka``
 (``cka.compute_cka(m1, m2, loader, layers=..., model2_layers=..., device=..., progress=False)``,
 its uncentred float32 Grams and float32 HSIC) and ``simtorch`` (``simtorch.CKA``, linear
-unbiased, the default). Ratios are paired within a round (the phases ran seconds apart, so
+unbiased, the default). One process per phase because phases in one process share a heap:
+after pytorch-cka's phase, which holds every activation of a batch, the others paid tens of
+thousands of minor page faults per pass (``--shared`` runs all phases of a repeat in one
+process, the method before 2026-12-02 evening; the table reports each phase's page faults).
+Ratios are paired within a round (the phases ran seconds apart, so
 drifts of a shared machine cancel); the table gives their median over all rounds of all
-processes, a 95 % bootstrap interval of that median (so a ratio on either side of a
+repeats, a 95 % bootstrap interval of that median (so a ratio on either side of a
 target can be told from the noise of a shared machine), and the ratio of the fastest runs
 (min/min). Both grids are compared with the
 float64 reference of ``common.reference_grid`` (the same unbiased minibatch estimator,
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -57,7 +63,9 @@ def have_peer() -> str | None:
 # ----------------------------------------------------------------------------- worker
 
 
-def worker(cfg: dict) -> dict:
+def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
+    """The workload's models, loader and phases, the ``owned`` ones warmed up on two batches;
+    and a function that gives a phase's grid error against the float64 reference."""
     import torch
 
     import cka
@@ -73,59 +81,164 @@ def worker(cfg: dict) -> dict:
     sa, sb = C.wrap(w, ma, mb)
     out: dict = {}
 
-    def peer(dl) -> object:
+    def peer(dl: Any) -> Any:
         return cka.compute_cka(ma, mb, dl, layers=sa.layer_names, model2_layers=sb.layer_names,
                                device=cfg["device"], progress=False)[0]
 
     def run_peer() -> None:
-        out["peer"] = peer(loader)
+        out["pytorch-cka"] = peer(loader)
 
     phases = {"forward": C.forward_only((ma, mb), loader, device), "floor": C.grams_only(sa, sb, loader, device),
               "pytorch-cka": run_peer, "simtorch": C.similarity(w, sa, sb, loader, device, out, metric="cka")}
     warm = C.make_loader(2 * w.batch, w.image_size, w.batch, device)
-    C.forward_only((ma, mb), warm, device)()
-    C.grams_only(sa, sb, warm, device)()
-    peer(warm)
-    C.similarity(w, sa, sb, warm, device, {}, metric="cka")()
-    r = cfg["repeat"]
-    rec: dict = {"workload": w.name, "n": n, "repeat": r, "grid": [len(sa.layer_names), len(sb.layer_names)],
-                 "threads": torch.get_num_threads(), "rounds": [],
-                 # which tree was timed (a worktree on PYTHONPATH for a "before" run)
-                 "simtorch": str(Path(C.simtorch.__file__).resolve().parent.parent)}
-    for k in range(cfg.get("rounds", 3)):
-        # the order rotates from round to round and from process to process, so no phase
-        # always runs first (cold caches) or after the same neighbour
-        j = (r + k) % len(PHASES)
-        order = PHASES[j:] + PHASES[:j]
-        rec["rounds"].append({"order": order, **{p: C.timed(phases[p], device) for p in order}})
-    if cfg.get("accuracy"):
+    warmers = {"forward": C.forward_only((ma, mb), warm, device), "floor": C.grams_only(sa, sb, warm, device),
+               "pytorch-cka": lambda: peer(warm),
+               "simtorch": C.similarity(w, sa, sb, warm, device, {}, metric="cka")}
+    for p in owned:
+        warmers[p]()
+
+    def error(phase: str) -> dict:
         t0 = time.perf_counter()
         key = {"n": n, "size": w.image_size, "batch": w.batch, "layers": [str(x) for x in w.layers],
                "kind": w.kind, "device": device.type}
         ref64, hit = C.cached_reference(
             key, lambda: C.reference_grid(ma, mb, sa.layer_names, sb.layer_names, loader, device, torch.float64),
             use_cache=cfg.get("ref_cache", True))
-        rec["err_simtorch"] = C.max_abs_err(out["grid"], ref64)
-        rec["err_pytorch_cka"] = C.max_abs_err(out["peer"].double().cpu(), ref64)
-        rec["ref_cached"], rec["ref_s"] = hit, time.perf_counter() - t0
+        grid = out["grid"] if phase == "simtorch" else out[phase].double().cpu()
+        return {"err": C.max_abs_err(grid, ref64), "ref_cached": hit, "ref_s": time.perf_counter() - t0}
+
+    info = {"workload": w.name, "n": n, "repeat": cfg["repeat"], "grid": [len(sa.layer_names), len(sb.layer_names)],
+            "threads": torch.get_num_threads(),
+            # which tree was timed (a worktree on PYTHONPATH for a "before" run)
+            "simtorch": str(Path(C.simtorch.__file__).resolve().parent.parent),
+            "timed": lambda p: C.timed(phases[p], device), "error": error}
+    return info, device
+
+
+def orders(repeat: int, rounds: int) -> list[list[str]]:
+    """The phase order of each round: it rotates from round to round and from repeat to
+    repeat, so no phase always runs first (cold caches) or after the same neighbour."""
+    out = []
+    for k in range(rounds):
+        j = (repeat + k) % len(PHASES)
+        out.append(PHASES[j:] + PHASES[:j])
+    return out
+
+
+def worker(cfg: dict) -> dict:
+    """``--shared``: every phase in this one process, round after round."""
+    info, _ = setup(cfg, PHASES)
+    timed, error = info.pop("timed"), info.pop("error")
+    rec = {**info, "isolated": False, "rounds": []}
+    for order in orders(cfg["repeat"], cfg.get("rounds", 3)):
+        rec["rounds"].append({"order": order, **{p: timed(p) for p in order}})
+    if cfg.get("accuracy"):
+        e_sim, e_peer = error("simtorch"), error("pytorch-cka")
+        rec["err_simtorch"], rec["err_pytorch_cka"] = e_sim["err"], e_peer["err"]
+        rec["ref_cached"], rec["ref_s"] = e_sim["ref_cached"], e_sim["ref_s"]
     return rec
+
+
+#: lines of the lockstep protocol on a phase process's stdout (anything else there is a log)
+TAG = "@peers@ "
+
+
+def serve(cfg: dict) -> None:
+    """One phase in its own process (the default): build and warm up, then run the phase
+    once per ``run`` line on stdin (``error`` gives its grid's error), one tagged JSON line
+    back each time."""
+    phase = cfg["phase"]
+    info, _ = setup(cfg, [phase])
+    timed, error = info.pop("timed"), info.pop("error")
+    print(TAG + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "run":
+            print(TAG + json.dumps(timed(phase)), flush=True)
+        elif cmd == "error":
+            print(TAG + json.dumps(error(phase)), flush=True)
+        else:
+            return
 
 
 # ----------------------------------------------------------------------------- driver
 
 
+def _env(cfg: dict) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]))
+
+
 def spawn(cfg: dict) -> dict:
+    """One repeat with ``--shared``: a fresh process runs every phase."""
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
         path = f.name
-    env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(cfg), "--_out", path]
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        p = subprocess.run(cmd, env=_env(cfg), capture_output=True, text=True)
         if p.returncode != 0:
             return {"error": (p.stderr or p.stdout)[-2000:]}
         return json.loads(Path(path).read_text())
     finally:
         Path(path).unlink(missing_ok=True)
+
+
+class PhaseProcess:
+    """A fresh process that owns one phase (:func:`serve`), driven one command at a time."""
+
+    def __init__(self, cfg: dict, phase: str) -> None:
+        self.phase = phase
+        self.log = tempfile.TemporaryFile("w+")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_serve", json.dumps({**cfg, "phase": phase})]
+        self.proc = subprocess.Popen(cmd, env=_env(cfg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True)
+
+    def reply(self) -> dict:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(TAG):
+                return json.loads(line[len(TAG):])
+        self.proc.wait()
+        self.log.seek(0)
+        raise RuntimeError(f"the {self.phase} process stopped: {self.log.read()[-2000:]}")
+
+    def ask(self, cmd: str) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self.reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # type: ignore[union-attr]
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self.log.close()
+
+
+def lockstep(cfg: dict) -> dict:
+    """One repeat (the default): four fresh processes, one per phase, built side by side and
+    then told in turn to run their phase once per round, so the rounds stay paired in time
+    while no phase runs on a heap another phase shaped. In one shared process pytorch-cka's
+    phase (it holds every activation of a batch) left the next phases tens of thousands of
+    minor page faults per pass, which cost simtorch several percent (benchmarks/README.md)."""
+    procs = {p: PhaseProcess(cfg, p) for p in PHASES}
+    try:
+        infos = {p: pp.reply() for p, pp in procs.items()}
+        rec = {**infos["simtorch"], "isolated": True, "rounds": []}
+        for order in orders(cfg["repeat"], cfg.get("rounds", 3)):
+            rec["rounds"].append({"order": order, **{p: procs[p].ask("run") for p in order}})
+        if cfg.get("accuracy"):
+            e_sim = procs["simtorch"].ask("error")  # computes (or loads) the reference first
+            rec["err_simtorch"], rec["err_pytorch_cka"] = e_sim["err"], procs["pytorch-cka"].ask("error")["err"]
+            rec["ref_cached"], rec["ref_s"] = e_sim["ref_cached"], e_sim["ref_s"]
+        return rec
+    except RuntimeError as exc:
+        return {"error": str(exc)}
+    finally:
+        for pp in procs.values():
+            pp.close()
 
 
 def median_interval(ratios: list[float], resamples: int = 4000, seed: int = 0) -> list[float]:
@@ -162,6 +275,10 @@ def summarise(runs: list[dict]) -> dict:
     def rss(k: str) -> float:
         return statistics.median(rd[k]["peak_rss_mib"] for rd in rounds)
 
+    def faults(k: str) -> float | None:
+        got = [rd[k]["minor_faults"] for rd in rounds if "minor_faults" in rd[k]]
+        return statistics.median(got) if got else None
+
     acc = next((r for r in ok if "err_simtorch" in r), {})
     return {
         "processes": len(ok), "rounds": len(rounds), "grid": ok[0]["grid"], "n": ok[0]["n"],
@@ -175,6 +292,7 @@ def summarise(runs: list[dict]) -> dict:
         "sim_over_peer_per_process": [statistics.median(wall(rd, "simtorch") / wall(rd, "pytorch-cka")
                                                         for rd in r["rounds"]) for r in ok],
         "err_pytorch_cka": acc.get("err_pytorch_cka"), "err_simtorch": acc.get("err_simtorch"),
+        "minor_faults": {p: faults(p) for p in PHASES},
         "peak_rss_sim_mib": rss("simtorch"), "peak_rss_peer_mib": rss("pytorch-cka"), "peak_rss_fwd_mib": rss("forward"),
     }
 
@@ -187,11 +305,11 @@ def table(results: dict, peer_version: str) -> str:
     lines = [f"| workload | grid | forward s | floor ÷ forward | pytorch-cka {peer_version} ÷ forward (median / min) "
              "| simtorch ÷ forward (median / min) | simtorch ÷ floor (median / min) "
              "| **simtorch ÷ pytorch-cka** (median / min) | max\\|Δ\\| vs float64 (pytorch-cka / simtorch) "
-             "| peak RSS fwd / peer / simtorch MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| peak RSS fwd / peer / simtorch MiB | minor page faults per pass fwd / floor / peer / simtorch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in results.items():
         if "error" in s:
-            lines.append(f"| {name} | ERROR: {s['error'].strip().splitlines()[-1][:120]} |" + " |" * 8)
+            lines.append(f"| {name} | ERROR: {s['error'].strip().splitlines()[-1][:120]} |" + " |" * 9)
             continue
         lines.append(
             f"| {name} | {s['grid'][0]}×{s['grid'][1]} | {fmt(s['forward_s'], '.2f')} | {fmt(s['floor_over_fwd'])} | "
@@ -199,7 +317,8 @@ def table(results: dict, peer_version: str) -> str:
             f"{fmt(s['sim_over_fwd_min'])} | {fmt(s['sim_over_floor'])} / {fmt(s['sim_over_floor_min'])} | "
             f"**{fmt(s['sim_over_peer'])}** / {fmt(s['sim_over_peer_min'])} | "
             f"{fmt(s['err_pytorch_cka'], '.1e')} / {fmt(s['err_simtorch'], '.1e')} | "
-            f"{s['peak_rss_fwd_mib']:.0f} / {s['peak_rss_peer_mib']:.0f} / {s['peak_rss_sim_mib']:.0f} |")
+            f"{s['peak_rss_fwd_mib']:.0f} / {s['peak_rss_peer_mib']:.0f} / {s['peak_rss_sim_mib']:.0f} | "
+            + " / ".join(fmt(s.get("minor_faults", {}).get(p), ".0f") for p in PHASES) + " |")
     out = ["", "Targets (issue 12; 'floor' = forward + one bare float32 GEMM X Xᵀ per hooked layer):"]
     for name, s in results.items():
         if "error" in s:
@@ -229,9 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", default=None, help="where to write the JSON (default benchmarks/results/peers-<time>.json)")
     ap.add_argument("--no-ref-cache", action="store_true", help="recompute the float64 references")
+    ap.add_argument("--shared", action="store_true",
+                    help="run every phase of a repeat in one process (the method before 2026-12-02, 21:00; "
+                         "phases then share one heap)")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
+    ap.add_argument("--_serve", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args._serve:
+        serve(json.loads(args._serve))
+        return 0
     if args._worker:
         Path(args._out).write_text(json.dumps(worker(json.loads(args._worker))))
         return 0
@@ -255,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = {"workload": name, "repeat": r, "rounds": args.rounds, "threads": args.threads, "device": args.device,
                    "n": args.n,
                    "accuracy": r == args.repeats - 1, "ref_cache": not args.no_ref_cache}
-            rec = spawn(cfg)
+            rec = spawn(cfg) if args.shared else lockstep(cfg)
             runs.append(rec)
             if "error" in rec:
                 print(f"  {name} repeat {r}: {rec['error'][-1500:]}", flush=True)
@@ -269,12 +395,14 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "python": platform.python_version(), "torch": torch.__version__, "pytorch_cka": version,
             "threads": args.threads, "device": args.device, "cpu_count": os.cpu_count(),
+            "isolated": not args.shared,
             "total_s": time.perf_counter() - t_start}
     trees = sorted({r.get("simtorch", "?") for runs in raw.values() for r in runs if "error" not in r})
     meta["simtorch"] = trees
     text = table(results, version)
     print()
     print(f"{meta['date']}  {meta['command']}  (torch {meta['torch']}, {args.threads} threads, {args.device}; "
+          f"{'one process for all phases' if args.shared else 'one process per phase'}; "
           f"simtorch from {', '.join(trees)})")
     print(text)
     path = Path(args.json) if args.json else HERE / "results" / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
