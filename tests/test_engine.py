@@ -154,3 +154,32 @@ def test_engine_returns_the_number_of_batches_and_refuses_an_empty_loader():
     assert stream(a, a, batches(4), [Recorder()], "cpu", progress=False) == 4
     with pytest.raises(ValueError, match="no batches"):
         stream(a, a, [], [Recorder()], "cpu", progress=False)
+
+
+# ----------------------------------------------------------------------------- workspace
+
+
+def test_workspace_buffers_outside_the_heap_keep_their_memory() -> None:
+    """Large CPU buffers sit in memory maps of their own (page-aligned) that the tensor keeps
+    alive: written, collected garbage, read back; a larger request gives a new buffer, a
+    smaller one a view of the same memory."""
+    import gc
+
+    from simtorch.capture import MAPPED_BYTES, Workspace
+
+    ws = Workspace()
+    n = MAPPED_BYTES // 4 * 3
+    big = ws.get(("k",), (3, n // 3), torch.float32, torch.device("cpu"))
+    assert big.data_ptr() % 4096 == 0
+    big.copy_(torch.arange(n, dtype=torch.float32).view(3, -1))
+    gc.collect()
+    again = ws.get(("k",), (n,), torch.float32, torch.device("cpu"))
+    assert again.data_ptr() == big.data_ptr()
+    assert torch.equal(again, torch.arange(n, dtype=torch.float32))
+    torch.mul(again, 2.0, out=again)  # an out= op on the mapped storage
+    assert again[-1].item() == 2.0 * (n - 1)
+    small = ws.get(("s",), (4,), torch.float64, torch.device("cpu"))
+    small.fill_(1.0)
+    assert small.sum().item() == 4.0
+    grown = ws.get(("k",), (2 * n,), torch.float32, torch.device("cpu"))
+    assert grown.numel() == 2 * n and grown.data_ptr() != big.data_ptr()
