@@ -14,7 +14,9 @@ pass over N = 1024 of both models, so the hooks' effect on the convolutions arou
 - ``floor``: ``torch.mm(x, x.T)`` into the layer's slot of a reused stack;
 - ``capture``: :func:`simtorch.functional.capture_product` with the check in the hook;
 - ``nocheck``: ``capture_product(..., defer=True)``, the same decision and product without
-  the check (its reads done for the whole stack after the pass, as the engine does them).
+  the check (its reads done for the whole stack after the pass, as the engine does them);
+- ``hold``: pytorch-cka's way: the hook keeps the output, the same bare GEMMs run after each
+  model's call (does deferring the products help the convolutions?).
 
 Ratios are paired within a round (order rotated), medians over rounds.
 """
@@ -54,13 +56,15 @@ def main() -> None:
     scratch = torch.empty(1 << 24)
 
     def run(kind: str) -> float:
-        handles, idx = [], [0]
+        handles, idx, held = [], [0], []
 
         def hook(mod, args, out):
             i = idx[0] % n_layers
             idx[0] += 1
             x = out.detach().reshape(out.shape[0], -1)
-            if kind == "floor":
+            if kind == "hold":
+                held.append((x, stack[i]))
+            elif kind == "floor":
                 torch.mm(x, x.T, out=stack[i])
             elif kind == "capture":
                 F.capture_product(x, scratch, stack[i])
@@ -75,8 +79,11 @@ def main() -> None:
             t = clock()
             with torch.inference_mode():
                 for b in loader:
-                    sa.model(b[0])
-                    sb.model(b[0])
+                    for model in (sa.model, sb.model):
+                        model(b[0])
+                        for x, slot in held:
+                            torch.mm(x, x.T, out=slot)
+                        held.clear()
                     if kind.startswith("nocheck"):
                         stack.diagonal(dim1=-2, dim2=-1).sum(-1).tolist(), stack.sum((-2, -1)).tolist()
             return clock() - t
