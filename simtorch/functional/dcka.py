@@ -110,7 +110,7 @@ def dcka_batch_terms(
     if f0 is None:
         f0 = centered_flat(k0.to(torch.float64), unbiased)
     t: dict[str, Tensor] = {
-        "self_a": (fa * fa).sum(-1) * c,
+        "self_a": torch.linalg.vecdot(fa, fa) * c,
         "conf_a": (fa @ f0) * c,
         "conf_self": (f0 @ f0) * c,
         "scale_a": scale_a.to(torch.float64) * c,
@@ -119,7 +119,7 @@ def dcka_batch_terms(
     if same:
         t["self_b"], t["conf_b"], t["scale_b"] = t["self_a"], t["conf_a"], t["scale_a"]
     else:
-        t["self_b"] = (fb * fb).sum(-1) * c
+        t["self_b"] = torch.linalg.vecdot(fb, fb) * c
         t["conf_b"] = (fb @ f0) * c
         t["scale_b"] = scale_b.to(torch.float64) * c
     if not remove_negative_eig:
@@ -139,8 +139,8 @@ def dcka_batch_terms(
     ra = residual_flat(ka, t["conf_a"])
     rb = ra if same else residual_flat(kb, t["conf_b"])
     t["cross"] = (ra @ rb.T) * c
-    t["res_a"] = (ra * ra).sum(-1) * c
-    t["res_b"] = t["res_a"] if same else (rb * rb).sum(-1) * c
+    t["res_a"] = torch.linalg.vecdot(ra, ra) * c
+    t["res_b"] = t["res_a"] if same else torch.linalg.vecdot(rb, rb) * c
     return t
 
 

@@ -127,8 +127,10 @@ class DeltaCKAMetric(HSICMetric):
             ("confounder_flat", id(self.confounder_fn), self.unbiased),
             lambda: F.centered_flat(g0.to(torch.float64), self.unbiased),
         )
-        ka = batch.kernel("a", "linear")
-        kb = ka if batch.same else batch.kernel("b", "linear")
+        # the float32 Grams, not float64 copies: the centred stacks below are what the terms
+        # use, and only the PSD projection reads these (it casts them itself)
+        ka = batch.grams("a")
+        kb = ka if batch.same else batch.grams("b")
         if self.unbiased:  # U-centred stacks, shared with a CKA metric of the same estimator
             fa = batch.centered("a", "linear", 1.0, True)
             fb = fa if batch.same else batch.centered("b", "linear", 1.0, True)
