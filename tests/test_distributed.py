@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 from collections import OrderedDict
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from rendezvous import file_store
 from simtorch import CKA, SimilarityModel, compare
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: see conftest.py
@@ -74,11 +74,9 @@ def run_all(a: SimilarityModel, b: SimilarityModel, loader) -> dict:
     return out
 
 
-def _worker(rank: int, port: int, outdir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _worker(rank: int, store: str, outdir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=WORLD)
     try:
         a = SimilarityModel(model_a(), model_name="A", layers_to_include=LAYERS_A)
         b = SimilarityModel(model_b(), model_name="B", layers_to_include=LAYERS_B)
@@ -98,18 +96,12 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     outdir = str(tmp_path_factory.mktemp("dist"))
-    mp.spawn(_worker, args=(_free_port(), outdir), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(file_store(outdir), outdir), nprocs=WORLD, join=True)
     results = []
     for r in range(WORLD):
         with open(os.path.join(outdir, f"rank{r}.pkl"), "rb") as f:

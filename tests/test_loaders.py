@@ -285,16 +285,14 @@ def _plain(res) -> dict:
     return {(tag, key): (r.matrix, r.n_samples, r.n_batches) for tag, rs in res.items() for key, r in rs.items()}
 
 
-def _dist_worker(rank: int, port: int, outdir: str) -> None:
+def _dist_worker(rank: int, store: str, outdir: str) -> None:
     import os
     import pickle
 
     import torch.distributed as dist
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
     try:
         a, b = models()
         res = quiet_compare(a, b, loaders={"cats": _shard(0, rank), "dogs": _shard(3, rank)},
@@ -309,17 +307,15 @@ def _dist_worker(rank: int, port: int, outdir: str) -> None:
 def test_two_ranks_all_reduce_every_loader(tmp_path):
     import os
     import pickle
-    import socket
 
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_dist_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    from rendezvous import file_store
+
+    mp.spawn(_dist_worker, args=(file_store(tmp_path), str(tmp_path)), nprocs=2, join=True)
     a, b = models()
     cats = [x for r in range(2) for x in _shard(0, r)]  # rank 0's shard, then rank 1's
     dogs = [x for r in range(2) for x in _shard(3, r)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 from collections import OrderedDict
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import reference as ref
+from rendezvous import file_store
 from simtorch import CKA, SimilarityModel, compare
 from simtorch.metrics import Computed, Metric
 
@@ -134,11 +134,9 @@ def test_state_dict_round_trip_restores_every_declared_state():
 WORLD = 2
 
 
-def _worker(rank: int, port: int, outdir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _worker(rank: int, store: str, outdir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=WORLD)
     try:
         ds = dataset()
         loader = DataLoader(ds, batch_size=BATCH,
@@ -154,10 +152,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 def test_toy_plugin_is_all_reduced_under_gloo(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(file_store(tmp_path), str(tmp_path)), nprocs=WORLD, join=True)
     ds = dataset()
     batches = [x for r in range(WORLD) for (x,) in DataLoader(
         ds, batch_size=BATCH, sampler=DistributedSampler(ds, num_replicas=WORLD, rank=r, shuffle=False))]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.distributed as dist
+from rendezvous import file_store
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_TIMEOUT = 60  # seconds; a rank that waited for it would show in the elapsed time
@@ -36,7 +36,8 @@ SCRIPT = textwrap.dedent(
 
     rank, mode, out, state = int(os.environ["RANK"]), sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=int(os.environ["PG_TIMEOUT"])))
+    dist.init_process_group("gloo", init_method=os.environ["STORE"], rank=rank, world_size=int(os.environ["WORLD_SIZE"]),
+                            timeout=datetime.timedelta(seconds=int(os.environ["PG_TIMEOUT"])))
 
     def net(seed):
         torch.manual_seed(seed)
@@ -101,20 +102,13 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(tmp_path: Path, mode: str, state: str = "-", tag: str = "") -> list[dict]:
     script = tmp_path / "rank.py"
     script.write_text(SCRIPT)
-    port = _free_port()
+    store = file_store(tmp_path)
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "PG_TIMEOUT": str(PG_TIMEOUT),
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "STORE": store, "PG_TIMEOUT": str(PG_TIMEOUT),
                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         out = tmp_path / f"{mode}{tag}.rank{rank}.json"
         procs.append((subprocess.Popen([sys.executable, str(script), mode, str(out), state], env=env, cwd=tmp_path,
