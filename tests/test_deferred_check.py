@@ -234,3 +234,32 @@ def test_outputs_the_lean_path_cannot_take_go_the_general_way(monkeypatch):
     calls.clear()
     run(net(far=False).double(), ["fc", "big"], [x.double() for x in batches(3)])
     assert calls == []
+
+
+def test_wide_layers_take_the_lean_path_when_ii_asks_for_narrow_features(monkeypatch):
+    """Per-batch II asks for the float64 features of layers at most II_EXACT_DIM wide; a
+    wider layer's are empty whatever its values, so it still takes the lean path, and the
+    narrow one the general path (its features made from the output). Both grids are the
+    ones every batch's general path gives, to the bit."""
+    from simtorch import capture, compare
+    from simtorch.metrics import ii
+
+    assert WIDTH > F.II_EXACT_DIM >= 3
+    calls = lean_calls(monkeypatch)
+    widths: list[list[int]] = []
+    rows = ii.batch_rows
+    monkeypatch.setattr(ii, "batch_rows", lambda g, feats, e=None: widths.append([f.shape[1] for f in feats])
+                        or rows(g, feats, e))
+    runs = {}
+    for kind in ("lean", "general"):
+        if kind == "general":
+            monkeypatch.setattr(capture.LayerCapture, "_plan", lambda self, i, output, t, plain: None)
+        calls.clear()
+        widths.clear()
+        sm = SimilarityModel(net(far=False), "M", ["fc", "act", "tail"])
+        res = compare(sm, sm, batches(3), metrics=("cka", "ii"), progress=False)
+        runs[kind] = {k: torch.as_tensor(v.matrix) for k, v in res.items()}
+        assert calls == ([0, 1] * 2 if kind == "lean" else [])
+        assert widths == [[0, 0, 3]] * 3  # the narrow layer's features reached II, every batch
+    for k in ("cka", "ii"):
+        assert torch.equal(runs["lean"][k], runs["general"][k]), k

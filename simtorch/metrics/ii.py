@@ -46,6 +46,12 @@ class NarrowFeatures:
             return x.to(dtype=torch.float64, copy=True)
         return torch.empty((x.shape[0], 0), dtype=torch.float64, device=x.device)
 
+    def fixed(self, n: int, d: int, device: torch.device) -> Tensor | None:
+        """The features of every ``(n, d)`` input when they do not depend on its values
+        (a layer wider than ``dim``: empty), else None; the engine's capture then needs
+        no call per layer (:meth:`simtorch.capture.LayerCapture._fixed_feature`)."""
+        return torch.empty((n, 0), dtype=torch.float64, device=device) if d > self.dim else None
+
     def __eq__(self, other: object) -> bool:
         # two per-batch II metrics of one pass share one set of features
         return isinstance(other, NarrowFeatures) and other.dim == self.dim
