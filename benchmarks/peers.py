@@ -68,7 +68,6 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
     and a function that gives a phase's grid error against the float64 reference."""
     import torch
 
-    import cka
     import common as C
 
     C.set_threads(cfg["threads"])
@@ -82,6 +81,8 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
     out: dict = {}
 
     def peer(dl: Any) -> Any:
+        import cka
+
         return cka.compute_cka(ma, mb, dl, layers=sa.layer_names, model2_layers=sb.layer_names,
                                device=cfg["device"], progress=False)[0]
 
@@ -89,11 +90,13 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
         out["pytorch-cka"] = peer(loader)
 
     phases = {"forward": C.forward_only((ma, mb), loader, device), "floor": C.grams_only(sa, sb, loader, device),
-              "pytorch-cka": run_peer, "simtorch": C.similarity(w, sa, sb, loader, device, out, metric="cka")}
+              "pytorch-cka": run_peer, "simtorch": C.similarity(w, sa, sb, loader, device, out, metric="cka"),
+              "compare3": C.similarity(w, sa, sb, loader, device, {}, metric="compare3")}  # compare3.py
     warm = C.make_loader(2 * w.batch, w.image_size, w.batch, device)
     warmers = {"forward": C.forward_only((ma, mb), warm, device), "floor": C.grams_only(sa, sb, warm, device),
                "pytorch-cka": lambda: peer(warm),
-               "simtorch": C.similarity(w, sa, sb, warm, device, {}, metric="cka")}
+               "simtorch": C.similarity(w, sa, sb, warm, device, {}, metric="cka"),
+               "compare3": C.similarity(w, sa, sb, warm, device, {}, metric="compare3")}
     for p in owned:
         warmers[p]()
 
@@ -115,13 +118,13 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
     return info, device
 
 
-def orders(repeat: int, rounds: int) -> list[list[str]]:
+def orders(repeat: int, rounds: int, phases: list[str] = PHASES) -> list[list[str]]:
     """The phase order of each round: it rotates from round to round and from repeat to
     repeat, so no phase always runs first (cold caches) or after the same neighbour."""
     out = []
     for k in range(rounds):
-        j = (repeat + k) % len(PHASES)
-        out.append(PHASES[j:] + PHASES[:j])
+        j = (repeat + k) % len(phases)
+        out.append(phases[j:] + phases[:j])
     return out
 
 
@@ -217,17 +220,17 @@ class PhaseProcess:
         self.log.close()
 
 
-def lockstep(cfg: dict) -> dict:
-    """One repeat (the default): four fresh processes, one per phase, built side by side and
+def lockstep(cfg: dict, phases: list[str] = PHASES) -> dict:
+    """One repeat (the default): a fresh process for each phase, built side by side and
     then told in turn to run their phase once per round, so the rounds stay paired in time
     while no phase runs on a heap another phase shaped. In one shared process pytorch-cka's
     phase (it holds every activation of a batch) left the next phases tens of thousands of
     minor page faults per pass, which cost simtorch several percent (benchmarks/README.md)."""
-    procs = {p: PhaseProcess(cfg, p) for p in PHASES}
+    procs = {p: PhaseProcess(cfg, p) for p in phases}
     try:
         infos = {p: pp.reply() for p, pp in procs.items()}
         rec = {**infos["simtorch"], "isolated": True, "rounds": []}
-        for order in orders(cfg["repeat"], cfg.get("rounds", 3)):
+        for order in orders(cfg["repeat"], cfg.get("rounds", 3), phases):
             rec["rounds"].append({"order": order, **{p: procs[p].ask("run") for p in order}})
         if cfg.get("accuracy"):
             e_sim = procs["simtorch"].ask("error")  # computes (or loads) the reference first
