@@ -8,6 +8,7 @@ numbers up to float64 summation order. One spawn serves every test (module fixtu
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 from collections import OrderedDict
@@ -74,6 +75,24 @@ def run_all(a: SimilarityModel, b: SimilarityModel, loader) -> dict:
     return out
 
 
+def run_ddp(rank: int) -> dict:
+    """DDP-wrapped models: names without 'module.', forward through the wrapper. A function
+    of its own so the wrappers, whose reducers hold the process group, are gone before the
+    group is destroyed: a ProcessGroupGloo that outlives destroy_process_group is torn down
+    at interpreter exit with its threads still joinable ("terminate called without an
+    active exception", SIGABRT; seen once in CI, 2026-12-03)."""
+    out = {}
+    ddp_a = nn.parallel.DistributedDataParallel(model_a())
+    ddp_b = nn.parallel.DistributedDataParallel(model_b())
+    wa = SimilarityModel(ddp_a, layers_to_include=LAYERS_A)
+    wb = SimilarityModel(ddp_b, layers_to_include=["fc1", "bn", "fc2", "out"])
+    out["ddp_names"] = (wa.layer_names, wb.layer_names, wa.available_layers())
+    sim = CKA(wa, wb, progress=False)
+    out["ddp.CKA"] = (sim.compute(shard_loader(rank)), sim.result.n_samples, sim.result.n_batches)
+    out["ddp_bn_unchanged"] = bool(torch.equal(ddp_b.module.bn.running_mean, model_b().bn.running_mean))
+    return out
+
+
 def _worker(rank: int, store: str, outdir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=WORLD)
@@ -81,18 +100,12 @@ def _worker(rank: int, store: str, outdir: str) -> None:
         a = SimilarityModel(model_a(), model_name="A", layers_to_include=LAYERS_A)
         b = SimilarityModel(model_b(), model_name="B", layers_to_include=LAYERS_B)
         out = run_all(a, b, shard_loader(rank))
-        # DDP-wrapped models: names without 'module.', forward through the wrapper
-        ddp_a = nn.parallel.DistributedDataParallel(model_a())
-        ddp_b = nn.parallel.DistributedDataParallel(model_b())
-        wa = SimilarityModel(ddp_a, layers_to_include=LAYERS_A)
-        wb = SimilarityModel(ddp_b, layers_to_include=["fc1", "bn", "fc2", "out"])
-        out["ddp_names"] = (wa.layer_names, wb.layer_names, wa.available_layers())
-        sim = CKA(wa, wb, progress=False)
-        out["ddp.CKA"] = (sim.compute(shard_loader(rank)), sim.result.n_samples, sim.result.n_batches)
-        out["ddp_bn_unchanged"] = bool(torch.equal(ddp_b.module.bn.running_mean, model_b().bn.running_mean))
+        out.update(run_ddp(rank))
         with open(os.path.join(outdir, f"rank{rank}.pkl"), "wb") as f:
             pickle.dump(out, f)
+        dist.barrier()  # neither rank tears its side down while the other still talks
     finally:
+        gc.collect()  # nothing left that holds the group (DDP reducers, work objects)
         dist.destroy_process_group()
 
 
