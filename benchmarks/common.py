@@ -36,6 +36,16 @@ from simtorch import SimilarityModel  # noqa: E402
 from simtorch.data import synthetic_images  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_json(path: str | None, prefix: str, payload: dict) -> Path:
+    """Write a run's ``payload`` (its ``meta`` holds ``total_s``) to ``path``, or to
+    ``results/<prefix>-<time>.json`` (git-ignored), and say where."""
+    out = Path(path) if path else RESULTS / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1, default=str))
+    print(f"\nJSON: {out}  (total {payload['meta']['total_s']:.0f} s)")
+    return out
 MiB = 1024.0 * 1024.0
 
 # ----------------------------------------------------------------------------- memory

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import statistics
 import sys
 import time
@@ -27,20 +26,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import peers  # noqa: E402
+from paired import completed, median_interval, wall  # noqa: E402
 
 PHASES = ["forward", "simtorch", "compare3"]
 TARGET = 0.05
 
 
 def summarise(runs: list[dict]) -> dict:
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return {"error": runs[0]["error"] if runs else "no runs"}
-    rounds = [rd for r in ok for rd in r["rounds"]]
-
-    def wall(rd: dict, k: str) -> float:
-        return rd[k]["wall_s"]
-
+    ok, rounds, error = completed(runs)
+    if error:
+        return error
     extra = [(wall(rd, "compare3") - wall(rd, "simtorch")) / wall(rd, "forward") for rd in rounds]
     return {
         "processes": len(ok), "rounds": len(rounds), "grid": ok[0]["grid"],
@@ -48,7 +43,7 @@ def summarise(runs: list[dict]) -> dict:
         "cka_over_fwd": statistics.median(wall(rd, "simtorch") / wall(rd, "forward") for rd in rounds),
         "compare3_over_fwd": statistics.median(wall(rd, "compare3") / wall(rd, "forward") for rd in rounds),
         "compare3_minus_cka": statistics.median(extra),
-        "compare3_minus_cka_ci95": peers.median_interval(extra),
+        "compare3_minus_cka_ci95": median_interval(extra),
         "compare3_minus_cka_per_process": [
             statistics.median((wall(rd, "compare3") - wall(rd, "simtorch")) / wall(rd, "forward") for rd in r["rounds"])
             for r in ok],
@@ -96,10 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'✓' if ok else '✗'} compare3 ≤ CKA alone + {TARGET} × forward: +{s['compare3_minus_cka']:.3f} "
           f"(median's 95 % interval {lo:+.3f} to {hi:+.3f} over {s['rounds']} paired rounds; per process set "
           + ", ".join(f"{x:+.3f}" for x in s["compare3_minus_cka_per_process"]) + ")")
-    path = Path(args.json) if args.json else HERE / "results" / f"compare3-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "result": s, "runs": runs}, indent=1, default=str))
-    print(f"JSON: {path}  (total {meta['total_s']:.0f} s)")
+    import common as C
+
+    C.save_json(args.json, "compare3", {"meta": meta, "result": s, "runs": runs})
     return 0
 
 

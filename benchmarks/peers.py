@@ -35,7 +35,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from paired import completed, median_interval, wall  # noqa: E402
 
 PEER_WORKLOADS = ["W1", "W1-wide", "W1-many"]
 PHASES = ["forward", "floor", "pytorch-cka", "simtorch"]
@@ -244,27 +245,13 @@ def lockstep(cfg: dict, phases: list[str] = PHASES) -> dict:
             pp.close()
 
 
-def median_interval(ratios: list[float], resamples: int = 4000, seed: int = 0) -> list[float]:
-    """A 95 % bootstrap interval of the median of paired ratios (percentile method, fixed
-    seed): how far the median could move on a rerun of the same machine, i.e. whether a
-    ratio above or below a target is more than the noise of a shared machine."""
-    rng = random.Random(seed)
-    k = len(ratios)
-    meds = sorted(statistics.median(rng.choices(ratios, k=k)) for _ in range(resamples))
-    return [meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]]
-
-
 def summarise(runs: list[dict]) -> dict:
     """Paired ratios over every round of every process: the median of the per-round ratios
     (the two phases of a round ran seconds apart, so a shared machine's drifts cancel) and
     min/min (the fastest run of each)."""
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return {"error": runs[0]["error"] if runs else "no runs"}
-    rounds = [rd for r in ok for rd in r["rounds"]]
-
-    def wall(rd: dict, k: str) -> float:
-        return rd[k]["wall_s"]
+    ok, rounds, error = completed(runs)
+    if error:
+        return error
 
     def paired(a: str, b: str) -> float:
         return statistics.median(wall(rd, a) / wall(rd, b) for rd in rounds)
@@ -408,10 +395,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{'one process for all phases' if args.shared else 'one process per phase'}; "
           f"simtorch from {', '.join(trees)})")
     print(text)
-    path = Path(args.json) if args.json else HERE / "results" / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "results": results, "runs": raw, "table": text}, indent=1, default=str))
-    print(f"\nJSON: {path}  (total {meta['total_s']:.0f} s)")
+    import common as C
+
+    C.save_json(args.json, "peers", {"meta": meta, "results": results, "runs": raw, "table": text})
     return 0
 
 

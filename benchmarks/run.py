@@ -361,10 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{meta['date']}  {meta['command']}  (torch {meta['torch']}, {args.threads} threads, {args.device})")
     print(text)
 
-    path = Path(args.json) if args.json else C.RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "results": results, "table": text}, indent=1, default=str))
-    print(f"\nJSON: {path}  (total {meta['total_s']:.0f} s)")
+    C.save_json(args.json, "bench", {"meta": meta, "results": results, "table": text})
     return 0
 
 
