@@ -46,6 +46,8 @@ def save_json(path: str | None, prefix: str, payload: dict) -> Path:
     out.write_text(json.dumps(payload, indent=1, default=str))
     print(f"\nJSON: {out}  (total {payload['meta']['total_s']:.0f} s)")
     return out
+
+
 MiB = 1024.0 * 1024.0
 
 # ----------------------------------------------------------------------------- memory

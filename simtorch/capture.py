@@ -230,7 +230,8 @@ class LayerCapture:
         d = t.numel() // max(n, 1)
         g = self.grams[i]
         feature = self._fixed_feature(n, d, t.device)
-        lean = (plain and self._lean_ok and (self.feature_fn is None or feature is not None) and t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()
+        lean = (plain and self._lean_ok and (self.feature_fn is None or feature is not None)
+                and t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()
                 and not t.requires_grad and F.large(n, d)
                 and self.stack is not None and g is not None and g.data_ptr() == self.stack[i].data_ptr())
         if not lean:  # holds no tensor: nothing of a batch may outlive it
