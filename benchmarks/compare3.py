@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = s["compare3_minus_cka"] <= TARGET
     print(f"{args.workload} {s['grid'][0]}×{s['grid'][1]}, forward {s['forward_s']:.2f} s: CKA alone "
           f"{s['cka_over_fwd']:.3f} × forward, compare3 {s['compare3_over_fwd']:.3f} × forward")
-    print(f"  {'✓' if ok else '✗'} compare3 ≤ CKA alone + {TARGET} × forward: +{s['compare3_minus_cka']:.3f} "
+    print(f"  {'✓' if ok else '✗'} compare3 ≤ CKA alone + {TARGET} × forward: {s['compare3_minus_cka']:+.3f} "
           f"(median's 95 % interval {lo:+.3f} to {hi:+.3f} over {s['rounds']} paired rounds; per process set "
           + ", ".join(f"{x:+.3f}" for x in s["compare3_minus_cka_per_process"]) + ")")
     import common as C

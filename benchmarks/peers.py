@@ -24,7 +24,7 @@ drifts of a shared machine cancel); the table gives their median over all rounds
 repeats, a 95 % bootstrap interval of that median (so a ratio on either side of a
 target can be told from the noise of a shared machine), and the ratio of the fastest runs
 (min/min). Both grids are compared with the
-float64 reference of ``common.reference_grid`` (the same unbiased minibatch estimator,
+float64 reference of ``reference64.reference_grid`` (the same unbiased minibatch estimator,
 models run in float64; cached under ``benchmarks/results/cache``).
 """
 
@@ -46,7 +46,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from paired import completed, median_interval, wall  # noqa: E402
+from paired import TAG, PhaseProcess, completed, median_interval, orders, thread_env, wall  # noqa: E402
 
 PEER_WORKLOADS = ["W1", "W1-wide", "W1-many"]
 PHASES = ["forward", "floor", "pytorch-cka", "simtorch"]
@@ -70,6 +70,7 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
     import torch
 
     import common as C
+    import reference64 as R
 
     C.set_threads(cfg["threads"])
     device = torch.device(cfg["device"])
@@ -103,13 +104,10 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
 
     def error(phase: str) -> dict:
         t0 = time.perf_counter()
-        key = {"n": n, "size": w.image_size, "batch": w.batch, "layers": [str(x) for x in w.layers],
-               "kind": w.kind, "device": device.type}
-        ref64, hit = C.cached_reference(
-            key, lambda: C.reference_grid(ma, mb, sa.layer_names, sb.layer_names, loader, device, torch.float64),
-            use_cache=cfg.get("ref_cache", True))
+        ref64, hit = R.workload_reference(w, n, ma, mb, sa.layer_names, sb.layer_names, loader, device,
+                                          use_cache=cfg.get("ref_cache", True))
         grid = out["grid"] if phase == "simtorch" else out[phase].double().cpu()
-        return {"err": C.max_abs_err(grid, ref64), "ref_cached": hit, "ref_s": time.perf_counter() - t0}
+        return {"err": R.max_abs_err(grid, ref64), "ref_cached": hit, "ref_s": time.perf_counter() - t0}
 
     info = {"workload": w.name, "n": n, "repeat": cfg["repeat"], "grid": [len(sa.layer_names), len(sb.layer_names)],
             "threads": torch.get_num_threads(),
@@ -119,32 +117,18 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
     return info, device
 
 
-def orders(repeat: int, rounds: int, phases: list[str] = PHASES) -> list[list[str]]:
-    """The phase order of each round: it rotates from round to round and from repeat to
-    repeat, so no phase always runs first (cold caches) or after the same neighbour."""
-    out = []
-    for k in range(rounds):
-        j = (repeat + k) % len(phases)
-        out.append(phases[j:] + phases[:j])
-    return out
-
-
 def worker(cfg: dict) -> dict:
     """``--shared``: every phase in this one process, round after round."""
     info, _ = setup(cfg, PHASES)
     timed, error = info.pop("timed"), info.pop("error")
     rec = {**info, "isolated": False, "rounds": []}
-    for order in orders(cfg["repeat"], cfg.get("rounds", 3)):
+    for order in orders(cfg["repeat"], cfg.get("rounds", 3), PHASES):
         rec["rounds"].append({"order": order, **{p: timed(p) for p in order}})
     if cfg.get("accuracy"):
         e_sim, e_peer = error("simtorch"), error("pytorch-cka")
         rec["err_simtorch"], rec["err_pytorch_cka"] = e_sim["err"], e_peer["err"]
         rec["ref_cached"], rec["ref_s"] = e_sim["ref_cached"], e_sim["ref_s"]
     return rec
-
-
-#: lines of the lockstep protocol on a phase process's stdout (anything else there is a log)
-TAG = "@peers@ "
 
 
 def serve(cfg: dict) -> None:
@@ -168,57 +152,18 @@ def serve(cfg: dict) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
-def _env(cfg: dict) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]), MKL_NUM_THREADS=str(cfg["threads"]))
-
-
 def spawn(cfg: dict) -> dict:
     """One repeat with ``--shared``: a fresh process runs every phase."""
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
         path = f.name
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(cfg), "--_out", path]
     try:
-        p = subprocess.run(cmd, env=_env(cfg), capture_output=True, text=True)
+        p = subprocess.run(cmd, env=thread_env(cfg), capture_output=True, text=True)
         if p.returncode != 0:
             return {"error": (p.stderr or p.stdout)[-2000:]}
         return json.loads(Path(path).read_text())
     finally:
         Path(path).unlink(missing_ok=True)
-
-
-class PhaseProcess:
-    """A fresh process that owns one phase (:func:`serve`), driven one command at a time."""
-
-    def __init__(self, cfg: dict, phase: str) -> None:
-        self.phase = phase
-        self.log = tempfile.TemporaryFile("w+")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--_serve", json.dumps({**cfg, "phase": phase})]
-        self.proc = subprocess.Popen(cmd, env=_env(cfg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True)
-
-    def reply(self) -> dict:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith(TAG):
-                return json.loads(line[len(TAG):])
-        self.proc.wait()
-        self.log.seek(0)
-        raise RuntimeError(f"the {self.phase} process stopped: {self.log.read()[-2000:]}")
-
-    def ask(self, cmd: str) -> dict:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-        return self.reply()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()  # type: ignore[union-attr]
-                self.proc.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-        self.log.close()
 
 
 def lockstep(cfg: dict, phases: list[str] = PHASES) -> dict:
@@ -227,7 +172,7 @@ def lockstep(cfg: dict, phases: list[str] = PHASES) -> dict:
     while no phase runs on a heap another phase shaped. In one shared process pytorch-cka's
     phase (it holds every activation of a batch) left the next phases tens of thousands of
     minor page faults per pass, which cost simtorch several percent (benchmarks/README.md)."""
-    procs = {p: PhaseProcess(cfg, p) for p in phases}
+    procs = {p: PhaseProcess(Path(__file__).resolve(), cfg, p) for p in phases}
     try:
         infos = {p: pp.reply() for p, pp in procs.items()}
         rec = {**infos["simtorch"], "isolated": True, "rounds": []}

@@ -11,7 +11,7 @@ float64 copy, one cross GEMM, self-terms by vecdot.
 """
 import sys, time, statistics, gc
 import os; sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-import common as C, torch
+import common as C, reference64 as R, torch
 wl=sys.argv[1]; reps=int(sys.argv[2]); C.set_threads(int(sys.argv[3]))
 gemm32 = len(sys.argv)>4 and sys.argv[4]=='f32'
 w=C.WORKLOADS[wl]; dev=torch.device('cpu')
@@ -67,11 +67,11 @@ for r in range(reps):
     if r%2: order=order[::-1]
     for k in order:
         gc.collect(); t=time.perf_counter(); c=time.process_time(); ph[k](); W[k].append(time.perf_counter()-t); CP[k].append(time.process_time()-c)
-ref=C.reference_grid(ma,mb,sa.layer_names,sb.layer_names,loader,dev,torch.float32)
+ref=R.reference_grid(ma,mb,sa.layer_names,sb.layer_names,loader,dev,torch.float32)
 print(f"{wl} threads={torch.get_num_threads()} reps={reps} gemm32={gemm32} load={open('/proc/loadavg').read().split()[:3]}")
 med=lambda k: statistics.median(a/b for a,b in zip(CP[k],CP['fwd']))
 for k in names:
     print(f"  {k:8s} wall med {statistics.median(W[k]):6.3f} | wall paired {statistics.median(a/b for a,b in zip(W[k],W['fwd'])):.3f} min/min {min(W[k])/min(W['fwd']):.3f} | cpu paired {med(k):.3f} cpu min/min {min(CP[k])/min(CP['fwd']):.3f}")
 g=med('grams')-1
 for k in ('lean','sim_cur'): print(f"  above-Gram/Gram (cpu paired) {k}: {(med(k)-med('grams'))/g:.2f}")
-print('  err lean', C.max_abs_err(out['lean'],ref), 'err cur', C.max_abs_err(out['grid'],ref))
+print('  err lean', R.max_abs_err(out['lean'],ref), 'err cur', R.max_abs_err(out['grid'],ref))

@@ -6,7 +6,7 @@ engine; CPU ms per batch (min of 7) and the grid's max error vs the float64-math
 """
 import sys, time, statistics
 import os; sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-import common as C, torch
+import common as C, reference64 as R, torch
 from simtorch import functional as F
 from simtorch.engine import Metric, stream
 wl=sys.argv[1]; C.set_threads(int(sys.argv[2]) if len(sys.argv)>2 else 1)
@@ -17,7 +17,7 @@ class Rec(Metric):
     def update(s,b): s.b.append((b.grams_a.clone(),b.energy_a.clone(),b.grams_b.clone(),b.energy_b.clone(),b.n))
     def result(s): return None
 rec=Rec(); stream(sa,sb,loader,[rec],dev,progress=False)
-ref=C.reference_grid(ma,mb,sa.layer_names,sb.layer_names,loader,dev,torch.float32)
+ref=R.reference_grid(ma,mb,sa.layer_names,sb.layer_names,loader,dev,torch.float32)
 f64=torch.float64
 def v_cur(ga,gb,n):
     c=F.hsic_factor(n,True)
