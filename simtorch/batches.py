@@ -82,16 +82,21 @@ def move(t: Tensor, device: torch.device) -> Tensor:
     return t.to(device, non_blocking=device.type != "cpu")
 
 
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Every tensor inside ``obj`` (mappings, tuples, lists) moved to ``device``."""
+def to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Every tensor inside ``obj`` (mappings, tuples, lists) moved to ``device``; with
+    ``channels_last``, every 4-D (5-D) floating tensor also laid out ``channels_last``
+    (``channels_last_3d``), in a copy: the caller's tensors keep their layout."""
     if isinstance(obj, Tensor):
-        return move(obj, device)
+        t = move(obj, device)
+        if channels_last and t.is_floating_point() and t.dim() in (4, 5):
+            t = t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
+        return t
     if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device, channels_last) for k, v in obj.items()}
     if isinstance(obj, tuple):
-        return tuple(to_device(v, device) for v in obj)
+        return tuple(to_device(v, device, channels_last) for v in obj)
     if isinstance(obj, list):
-        return [to_device(v, device) for v in obj]
+        return [to_device(v, device, channels_last) for v in obj]
     return obj
 
 

@@ -116,6 +116,8 @@ class _Plan(NamedTuple):
     #: the features of every output of this shape, when the metrics' transform does not
     #: look at the values (:meth:`LayerCapture._fixed_feature`); None: no features asked for
     feature: Tensor | None = None
+    #: how a ``channels_last`` output is read in memory order (:func:`~simtorch.functional.memory_order`)
+    perm: tuple[int, ...] | None = None
 
 
 class LayerCapture:
@@ -223,22 +225,24 @@ class LayerCapture:
         """How the next outputs of this shape are captured: by the lean path where the
         general one multiplies ``t`` (as it is or shifted; the check deferred): an output
         that needed no reduction (``plain``), a large contiguous float32 CPU activation,
-        not one that needs a gradient, in its slot of the stack."""
+        not one that needs a gradient, in its slot of the stack; a ``channels_last`` one is
+        multiplied in its memory order, as the general path does (:func:`~simtorch.functional.product_rows`)."""
         if not isinstance(output, Tensor):
             return None
         n = t.shape[0] if t.dim() > 0 else 0
         d = t.numel() // max(n, 1)
         g = self.grams[i]
         feature = self._fixed_feature(n, d, t.device)
+        perm = F.memory_order(t)
         lean = (plain and self._lean_ok and (self.feature_fn is None or feature is not None)
-                and t.is_cpu and t.dtype is torch.float32 and t.is_contiguous()
+                and t.is_cpu and t.dtype is torch.float32 and (t.is_contiguous() or perm is not None)
                 and not t.requires_grad and F.large(n, d)
                 and self.stack is not None and g is not None and g.data_ptr() == self.stack[i].data_ptr())
         if not lean:  # holds no tensor: nothing of a batch may outlive it
             return _Plan(output.shape, output.dtype, False, n, d, _NOTHING, _NOTHING, _NOTHING, False)
         scratch = self._scratch(t)[: n * d].view(n, d)
         return _Plan(output.shape, output.dtype, True, n, d, self.stack, self.stack[i], scratch,  # type: ignore[index]
-                     F.in_halves(n, d), feature)
+                     F.in_halves(n, d), feature, perm)
 
     def _fixed_feature(self, n: int, d: int, device: torch.device) -> Tensor | None:
         """What the metrics' feature transform gives for every ``(n, d)`` input, when that
@@ -254,8 +258,8 @@ class LayerCapture:
         """:func:`~simtorch.functional.capture_product` with ``defer=True`` on an output the
         plan fits, as few reads of the output as possible: the same products, the same bits."""
         try:
-            x = output.view(plan.n, plan.d)
-        except RuntimeError:  # not contiguous this time: the general path copies it
+            x = (output if plan.perm is None else output.permute(plan.perm)).view(plan.n, plan.d)
+        except RuntimeError:  # another layout this time: the general path reads (or copies) it
             self._plans[i] = None
             self._capture(i, output.detach())
             return
@@ -276,10 +280,11 @@ class LayerCapture:
         self.grams[i] = g
         self.extra[i] = extra
         if self.feature_fn is not None:
+            # one column order for every batch: the metrics sum features across batches
             self.features[i] = self.feature_fn(F.flatten_samples(t))
         if self.raw_products:
             assert mu is not None
-            x = F.flatten_samples(t).to(g.dtype)
+            x = F.product_rows(t).to(g.dtype)  # μ's column order
             mu = mu[0]
             mu_sq = (mu.to(torch.float64) ** 2).sum()
             # X_c μ = X μ − ‖μ‖² 1: with the centred Gram it rebuilds X Xᵀ exactly

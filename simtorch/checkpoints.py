@@ -151,6 +151,7 @@ def compare_checkpoints(
     input_key: str | None = None,
     input_fn: Callable[[Any], Any] | None = None,
     autocast: torch.dtype | None = None,
+    channels_last: bool = False,
     **metric_kwargs: Any,
 ) -> CheckpointComparison:
     """Compare every checkpoint's layers with the same layers of a reference checkpoint.
@@ -209,7 +210,7 @@ def compare_checkpoints(
     output_fn, sequence, call_index
         As in :class:`~simtorch.model.SimilarityModel`, applied to every checkpoint
         (``output_fn(name, output)`` receives the model's own layer names).
-    progress, input_key, input_fn, autocast
+    progress, input_key, input_fn, autocast, channels_last
         How each pass runs, as everywhere in simtorch: :class:`~simtorch.engine.RunOptions`
         (validated before any checkpoint is loaded).
     **metric_kwargs
@@ -243,7 +244,7 @@ def compare_checkpoints(
     they cost nothing extra.
     """
     options = RunOptions(device=device, progress=progress, input_key=input_key, input_fn=input_fn,
-                         autocast=autocast)
+                         autocast=autocast, channels_last=channels_last)
     make_metric = _metric_factory(metric, metric_kwargs)
     given = list(checkpoints.values()) if isinstance(checkpoints, Mapping) and not looks_like_state_dict(checkpoints) \
         else ([] if isinstance(checkpoints, (str, os.PathLike, nn.Module, Mapping)) else list(checkpoints))

@@ -84,7 +84,7 @@ def stream(
     """Stream ``loader`` through both models once and feed every metric.
 
     ``options`` (or the same fields as keywords: ``progress``, ``input_key``,
-    ``input_fn``, ``autocast``, ``desc``, ``state_path``, ``save_every``; see
+    ``input_fn``, ``autocast``, ``channels_last``, ``desc``, ``state_path``, ``save_every``; see
     :class:`RunOptions`) say how the pass runs. Models that are the same module run once
     per batch with both sides' hooks. Hooks, train/eval flags and model placement are
     restored in ``finally``; the metrics keep the sums of every batch that completed, so a
@@ -179,9 +179,9 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
                 n = batch_size(raw)
                 for members in groups.values():
                     where = run_device[id(members[0])]
-                    inputs = to_device(raw, where)
+                    inputs = to_device(raw, where, options.channels_last)
                     caps = [captures[id(sm)] for sm in members]
-                    _forward(members, caps, n, inputs, where, autocast)
+                    _forward(members, caps, n, inputs, where, autocast, options.channels_last)
                     if not all(cap.verify() for cap in caps):
                         # a deferred κ check failed (the first rows of a layer were far from
                         # its mean): the batch runs again with every product checked in its
@@ -190,7 +190,7 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
                         for cap in caps:
                             cap.defer = False
                         try:
-                            _forward(members, caps, n, inputs, where, autocast)
+                            _forward(members, caps, n, inputs, where, autocast, options.channels_last)
                         finally:
                             for cap, d in zip(caps, deferring):
                                 cap.defer = d
@@ -255,7 +255,7 @@ def _stream(model_a: SimilarityModel, model_b: SimilarityModel, loader: Iterable
 
 
 def _forward(members: Sequence[SimilarityModel], caps: Sequence[LayerCapture], n: int, inputs: Any,
-             where: torch.device, autocast: torch.dtype | None) -> None:
+             where: torch.device, autocast: torch.dtype | None, channels_last: bool = False) -> None:
     """One forward pass of the module the ``members`` wrap, each member's hooks capturing."""
     for cap in caps:
         cap.reset(n, inputs)
@@ -264,6 +264,10 @@ def _forward(members: Sequence[SimilarityModel], caps: Sequence[LayerCapture], n
             call_model(members[0].model, inputs)
         except RuntimeError as exc:
             hint = _reuse_hint(members, caps)
+            if not hint and channels_last:
+                hint = (f"({members[0].model_name} ran on channels_last inputs: if it runs without "
+                        f"channels_last=True, its forward needs contiguous activations, e.g. "
+                        f"x.view(n, -1) where x.reshape(n, -1) or torch.flatten would do)")
             if hint:
                 raise RuntimeError(f"{exc} {hint}") from exc
             raise

@@ -9,9 +9,9 @@ one, so a run killed at any moment leaves either the previous state or the new o
 
 The fingerprint says which run a state belongs to: the layer names of both sides, a
 checksum of each model's weights, the metrics (class, key, settings), the run options
-that change the numbers (``input_key``, ``input_fn``, ``autocast``), the dataset and
-loader lengths, the process's rank and world size, and a hash of the first batch's model
-input. A state whose fingerprint differs is refused with the differences named, never
+that change the numbers (``input_key``, ``input_fn``, ``autocast``, ``channels_last``),
+the dataset and loader lengths, the process's rank and world size, and a hash of the first
+batch's model input. A state whose fingerprint differs is refused with the differences named, never
 mixed into another run.
 """
 
@@ -205,8 +205,10 @@ class RunState:
             "weights_b": weights_checksum(model_b.model) if not same_module else "same module",
             "metrics": [{"class": f"{type(m).__module__}.{type(m).__qualname__}", "key": m.key,
                          "settings": _stable(m.settings())} for m in metrics],
+            # channels_last only when set, so that states saved before it existed still match
             "run": _stable({"input_key": options.input_key, "input_fn": options.input_fn,
-                            "autocast": options.autocast}),
+                            "autocast": options.autocast,
+                            **({"channels_last": True} if options.channels_last else {})}),
             "reduce": [_stable({"sequence": sm.sequence, "layout": sm.layout, "mask_fn": sm.mask_fn,
                                 "output_fn": sm.output_fn, "call_index": sm._call_index})
                        for sm in (model_a, model_b)],

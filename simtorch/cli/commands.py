@@ -107,6 +107,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         with _loader_hints(args):
             out = compare(sm_a, sm_b, loader, metrics=keys, device=device, progress=not args.quiet, **resume,
+                          channels_last=args.channels_last,
                           **{f"{k}_kwargs": metric_options(k, args) for k in keys})
     except KeyboardInterrupt as exc:
         partial = getattr(exc, "simtorch_partial", None) or {}
@@ -176,7 +177,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
                 trust_checkpoint=args.trust_checkpoint, state_key=args.state_key, strip_prefix=args.strip_prefix,
                 checkpoints_per_pass=args.per_pass, model_name=args.name or args.arch,
                 sequence=args.sequence or ("mean" if tokenizer is not None else "flatten"), progress=not args.quiet,
-                **metric_options(keys[0], args),
+                channels_last=args.channels_last, **metric_options(keys[0], args),
             )
     except KeyboardInterrupt as exc:
         partial = getattr(exc, "simtorch_partial", None)

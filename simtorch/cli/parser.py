@@ -163,6 +163,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strip-prefix", default=None, metavar="PREFIX",
                    help="remove PREFIX (e.g. 'net.') from the checkpoints' keys; keys without it are dropped "
                         "(module., _orig_mod. and Lightning's model. are removed without it)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="give the models their images in the channels_last memory format (faster convolutions "
+                        "on CPU and CUDA; a model whose forward calls .view on a spatial activation fails with it)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

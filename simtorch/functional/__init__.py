@@ -93,6 +93,8 @@ from .kernels import (
     kernel_scale,
     kernel_stack,
     median_sq_distance,
+    memory_order,
+    product_rows,
     rbf_gram,
     sq_distances,
     u_center_gram,
@@ -147,6 +149,8 @@ from .rsa import rdm_from_gram, rdm_stack, rdm_vector, rsa, rsa_grid
 __all__ = [
     # kernels
     "flatten_samples",
+    "product_rows",
+    "memory_order",
     "gram_dtype",
     "linear_gram",
     "centred_gram",

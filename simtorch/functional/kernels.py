@@ -24,6 +24,8 @@ __all__ = [
     "COINCIDENT_ULPS",
     "coincident_rtol",
     "flatten_samples",
+    "product_rows",
+    "memory_order",
     "gram_dtype",
     "sq_distances",
     "median_sq_distance",
@@ -96,6 +98,34 @@ def flatten_samples(x: Tensor) -> Tensor:
     if x.dim() == 0:
         raise ValueError("expected a tensor with a leading sample dimension, got a scalar")
     return x.reshape(x.shape[0], -1)
+
+
+def memory_order(x: Tensor) -> tuple[int, ...] | None:
+    """The permutation of ``x``'s dimensions that lists it in memory order, for a
+    ``channels_last`` (4-D) or ``channels_last_3d`` (5-D) tensor that is not also plainly
+    contiguous; None for any other layout."""
+    if x.dim() not in (4, 5) or x.is_contiguous():
+        return None
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return (0, 2, 3, 1)
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return (0, 2, 3, 4, 1)
+    return None
+
+
+def product_rows(x: Tensor) -> Tensor:
+    """``(n, d)`` rows of ``x`` for a Gram or a distance: :func:`flatten_samples`, except that
+    a ``channels_last`` tensor is read in its memory order ``(h, w, c)`` without a copy.
+
+    Its columns are then a permutation of :func:`flatten_samples`' columns. Each row is the
+    same sample, so ``X Xᵀ``, every distance and every measure of one batch's Gram is
+    unchanged, but the columns of two batches in different layouts do not line up: features
+    summed over batches (cross moments ``XᵀY``) must use :func:`flatten_samples`.
+    """
+    perm = memory_order(x)
+    if perm is None:
+        return flatten_samples(x)
+    return x.permute(perm).reshape(x.shape[0], -1)
 
 
 def gram_dtype(dtype: torch.dtype) -> torch.dtype:

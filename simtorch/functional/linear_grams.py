@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .kernels import DATA_ULPS, GRAM_KAPPA, flatten_samples, gram_dtype
+from .kernels import DATA_ULPS, GRAM_KAPPA, flatten_samples, gram_dtype, product_rows
 
 __all__ = [
     "SHIFT_ROWS",
@@ -215,7 +215,9 @@ def capture_product(x: Tensor, scratch: Tensor | None = None, out: Tensor | None
     Returns ``(G̃, extra, μ)``: :func:`finish_grams_` turns ``G̃`` into the centred Gram
     ``G_c = H G̃ H`` and the energy into ``‖X‖_F² = tr(G_c) + extra`` (``extra`` a 0-d tensor,
     or a float when it was read off the device anyway); ``μ`` is the exact
-    column mean ``(1, d)`` when the rows were centred by it, else None. The rows multiplied:
+    column mean ``(1, d)`` when the rows were centred by it, else None. ``x`` is read as
+    :func:`~simtorch.functional.product_rows` (a ``channels_last`` activation without a
+    copy), and ``μ``'s columns follow that order. The rows multiplied:
 
     - the rows minus their column mean (one pass for the mean, one fused subtraction), for
       an activation of fewer than :data:`RAW_MIN_ELEMENTS` or when ``exact``: ``κ ≈ 1``,
@@ -239,7 +241,7 @@ def capture_product(x: Tensor, scratch: Tensor | None = None, out: Tensor | None
     the device, so callers off the CPU, where the loop must not wait and passes over memory
     are cheap, pass ``exact=True``.
     """
-    x = flatten_samples(x)
+    x = product_rows(x)
     x = x.to(gram_dtype(x.dtype))
     n, d = x.shape
     if exact or not large(n, d):
