@@ -216,29 +216,55 @@ def wrap(w: Workload, ma: nn.Module, mb: nn.Module) -> tuple[SimilarityModel, Si
 # ----------------------------------------------------------------------------- phases
 
 
-def forward_only(models: tuple[nn.Module, ...], loader: Any, device: torch.device) -> Callable[[], None]:
-    """The floor: both models over the loader under inference mode, nothing else."""
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class ChannelsLastLoader:
+    """``loader`` with each batch's images in the channels_last memory format, converted as
+    the batch is drawn (what a user would do to give a peer such inputs)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        for batch in self.loader:
+            yield (_layout(batch[0], True), *batch[1:])
+
+
+def forward_only(models: tuple[nn.Module, ...], loader: Any, device: torch.device,
+                 channels_last: bool = False) -> Callable[[], None]:
+    """The floor: both models over the loader under inference mode, nothing else
+    (``channels_last``: the images in that memory format, as ``RunOptions(channels_last=True)``
+    gives them)."""
 
     def run() -> None:
         with torch.inference_mode():
             for batch in loader:
-                x = batch[0].to(device, non_blocking=True)
+                x = _layout(batch[0].to(device, non_blocking=True), channels_last)
                 for m in models:
                     m(x)
 
     return run
 
 
-def grams_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: torch.device) -> Callable[[], None]:
+def grams_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: torch.device,
+               channels_last: bool = False) -> Callable[[], None]:
     """Forward passes plus one bare GEMM ``X Xᵀ`` per hooked layer (the activation flattened,
     float32, no centring, the result dropped): the floor of exact Grams ("forward + bare
-    GEMM Grams", issue 12), with plain hooks registered once, no stacking, no HSIC."""
+    GEMM Grams", issue 12), with plain hooks registered once, no stacking, no HSIC. With
+    ``channels_last`` the images are in that format and each activation is multiplied in
+    its memory order (a view, :func:`simtorch.functional.product_rows`)."""
+    rows = simtorch.functional.product_rows if channels_last else (lambda t: t.reshape(t.shape[0], -1))
 
     def run() -> None:
         handles = []
 
         def hook(mod: nn.Module, args: Any, out: Any) -> None:
-            x = out.detach().reshape(out.shape[0], -1)
+            x = rows(out.detach())
             torch.mm(x, x.T)
 
         try:
@@ -247,7 +273,7 @@ def grams_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: to
                     handles.append(sm.base_model.get_submodule(name).register_forward_hook(hook))
             with torch.inference_mode():
                 for batch in loader:
-                    x = batch[0].to(device, non_blocking=True)
+                    x = _layout(batch[0].to(device, non_blocking=True), channels_last)
                     sa.model(x)
                     sb.model(x)
         finally:
@@ -283,14 +309,15 @@ def engine_only(sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: t
 
 
 def similarity(w: Workload, sa: SimilarityModel, sb: SimilarityModel, loader: Any, device: torch.device,
-               out: dict, metric: str | None = None) -> Callable[[], None]:
+               out: dict, metric: str | None = None, channels_last: bool = False) -> Callable[[], None]:
     """The similarity computation under test (``metric`` overrides the workload's); the
     CKA grid lands in ``out['grid']``."""
 
     if (metric or w.metric) == "cka":
 
         def run() -> None:
-            out["grid"] = simtorch.CKA(sa, sb, device=device, progress=False).compute(loader)
+            out["grid"] = simtorch.CKA(sa, sb, device=device, progress=False,
+                                       channels_last=channels_last).compute(loader)
 
     else:
 

@@ -6,7 +6,7 @@
 Needs the optional ``bench`` extra (``pip install -e .[bench]``, i.e. ``pytorch-cka`` from
 PyPI, import name ``cka``); without it the script says so and stops.
 
-Every repeat of every workload is **four fresh processes, one per phase**, built side by
+Every repeat of every workload is **seven fresh processes, one per phase**, built side by
 side: each builds the models and loader and warms its phase up on two batches; then, in
 ``--rounds`` rounds (default 3) whose order rotates from round to round and from repeat to
 repeat, the driver tells one process at a time to run its phase once: ``forward`` (both
@@ -14,8 +14,12 @@ models under ``torch.inference_mode``, nothing else), ``floor`` (the same plus o
 float32 GEMM ``X Xᵀ`` per hooked layer: the cost of any exact Gram, ``common.grams_only``),
 ``pytorch-cka``
 (``cka.compute_cka(m1, m2, loader, layers=..., model2_layers=..., device=..., progress=False)``,
-its uncentred float32 Grams and float32 HSIC) and ``simtorch`` (``simtorch.CKA``, linear
-unbiased, the default). One process per phase because phases in one process share a heap:
+its uncentred float32 Grams and float32 HSIC), ``simtorch`` (``simtorch.CKA``, linear
+unbiased, the default), and the same floor and simtorch with the images in the
+``channels_last`` memory format: ``floor-cl`` (each activation multiplied in its memory
+order) and ``simtorch-cl`` (``RunOptions(channels_last=True)``), and ``pytorch-cka-cl``: pytorch-cka
+has no such option, so its loader gives it the same images (its hooks' ``flatten(1)`` then
+copies every channels_last activation). One process per phase because phases in one process share a heap:
 after pytorch-cka's phase, which holds every activation of a batch, the others paid tens of
 thousands of minor page faults per pass (``--shared`` runs all phases of a repeat in one
 process, the method before 2026-12-02 evening; the table reports each phase's page faults).
@@ -49,7 +53,9 @@ sys.path.insert(0, str(HERE))
 from paired import TAG, PhaseProcess, completed, median_interval, orders, thread_env, wall  # noqa: E402
 
 PEER_WORKLOADS = ["W1", "W1-wide", "W1-many"]
-PHASES = ["forward", "floor", "pytorch-cka", "simtorch"]
+PHASES = ["forward", "floor", "pytorch-cka", "simtorch", "floor-cl", "pytorch-cka-cl", "simtorch-cl"]
+#: the phases that get a grid error against the float64 reference
+GRIDS = ("simtorch", "pytorch-cka", "simtorch-cl", "pytorch-cka-cl")
 
 
 def have_peer() -> str | None:
@@ -81,6 +87,7 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
     loader = C.make_loader(n, w.image_size, w.batch, device)
     sa, sb = C.wrap(w, ma, mb)
     out: dict = {}
+    out_cl: dict = {}
 
     def peer(dl: Any) -> Any:
         import cka
@@ -91,14 +98,22 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
     def run_peer() -> None:
         out["pytorch-cka"] = peer(loader)
 
+    def run_peer_cl() -> None:
+        out["pytorch-cka-cl"] = peer(C.ChannelsLastLoader(loader))
+
     phases = {"forward": C.forward_only((ma, mb), loader, device), "floor": C.grams_only(sa, sb, loader, device),
               "pytorch-cka": run_peer, "simtorch": C.similarity(w, sa, sb, loader, device, out, metric="cka"),
-              "compare3": C.similarity(w, sa, sb, loader, device, {}, metric="compare3")}  # compare3.py
+              "compare3": C.similarity(w, sa, sb, loader, device, {}, metric="compare3"),  # compare3.py
+              "floor-cl": C.grams_only(sa, sb, loader, device, channels_last=True), "pytorch-cka-cl": run_peer_cl,
+              "simtorch-cl": C.similarity(w, sa, sb, loader, device, out_cl, metric="cka", channels_last=True)}
     warm = C.make_loader(2 * w.batch, w.image_size, w.batch, device)
     warmers = {"forward": C.forward_only((ma, mb), warm, device), "floor": C.grams_only(sa, sb, warm, device),
                "pytorch-cka": lambda: peer(warm),
                "simtorch": C.similarity(w, sa, sb, warm, device, {}, metric="cka"),
-               "compare3": C.similarity(w, sa, sb, warm, device, {}, metric="compare3")}
+               "compare3": C.similarity(w, sa, sb, warm, device, {}, metric="compare3"),
+               "floor-cl": C.grams_only(sa, sb, warm, device, channels_last=True),
+               "pytorch-cka-cl": lambda: peer(C.ChannelsLastLoader(warm)),
+               "simtorch-cl": C.similarity(w, sa, sb, warm, device, {}, metric="cka", channels_last=True)}
     for p in owned:
         warmers[p]()
 
@@ -106,7 +121,9 @@ def setup(cfg: dict, owned: list[str]) -> tuple[dict, Any]:
         t0 = time.perf_counter()
         ref64, hit = R.workload_reference(w, n, ma, mb, sa.layer_names, sb.layer_names, loader, device,
                                           use_cache=cfg.get("ref_cache", True))
-        grid = out["grid"] if phase == "simtorch" else out[phase].double().cpu()
+        grid = {"simtorch": out.get("grid"), "simtorch-cl": out_cl.get("grid")}.get(phase)
+        if grid is None:
+            grid = out[phase].double().cpu()
         return {"err": R.max_abs_err(grid, ref64), "ref_cached": hit, "ref_s": time.perf_counter() - t0}
 
     info = {"workload": w.name, "n": n, "repeat": cfg["repeat"], "grid": [len(sa.layer_names), len(sb.layer_names)],
@@ -125,9 +142,9 @@ def worker(cfg: dict) -> dict:
     for order in orders(cfg["repeat"], cfg.get("rounds", 3), PHASES):
         rec["rounds"].append({"order": order, **{p: timed(p) for p in order}})
     if cfg.get("accuracy"):
-        e_sim, e_peer = error("simtorch"), error("pytorch-cka")
-        rec["err_simtorch"], rec["err_pytorch_cka"] = e_sim["err"], e_peer["err"]
-        rec["ref_cached"], rec["ref_s"] = e_sim["ref_cached"], e_sim["ref_s"]
+        errs = {p: error(p) for p in GRIDS}
+        rec.update({f"err_{p.replace('-', '_')}": e["err"] for p, e in errs.items()})
+        rec["ref_cached"], rec["ref_s"] = errs["simtorch"]["ref_cached"], errs["simtorch"]["ref_s"]
     return rec
 
 
@@ -179,9 +196,10 @@ def lockstep(cfg: dict, phases: list[str] = PHASES) -> dict:
         for order in orders(cfg["repeat"], cfg.get("rounds", 3), phases):
             rec["rounds"].append({"order": order, **{p: procs[p].ask("run") for p in order}})
         if cfg.get("accuracy"):
-            e_sim = procs["simtorch"].ask("error")  # computes (or loads) the reference first
-            rec["err_simtorch"], rec["err_pytorch_cka"] = e_sim["err"], procs["pytorch-cka"].ask("error")["err"]
-            rec["ref_cached"], rec["ref_s"] = e_sim["ref_cached"], e_sim["ref_s"]
+            # simtorch's process first: it computes (or loads) the reference the others read
+            errs = {p: procs[p].ask("error") for p in GRIDS if p in procs}
+            rec.update({f"err_{p.replace('-', '_')}": e["err"] for p, e in errs.items()})
+            rec["ref_cached"], rec["ref_s"] = errs["simtorch"]["ref_cached"], errs["simtorch"]["ref_s"]
         return rec
     except RuntimeError as exc:
         return {"error": str(exc)}
@@ -227,6 +245,14 @@ def summarise(runs: list[dict]) -> dict:
         "sim_over_peer_per_process": [statistics.median(wall(rd, "simtorch") / wall(rd, "pytorch-cka")
                                                         for rd in r["rounds"]) for r in ok],
         "err_pytorch_cka": acc.get("err_pytorch_cka"), "err_simtorch": acc.get("err_simtorch"),
+        "floorcl_over_fwd": paired("floor-cl", "forward"),
+        "cl_over_fwd": paired("simtorch-cl", "forward"), "cl_over_fwd_min": minmin("simtorch-cl", "forward"),
+        "cl_over_floorcl": paired("simtorch-cl", "floor-cl"), "cl_over_floorcl_min": minmin("simtorch-cl", "floor-cl"),
+        "cl_over_peer": paired("simtorch-cl", "pytorch-cka"), "cl_over_peer_min": minmin("simtorch-cl", "pytorch-cka"),
+        "cl_over_peer_ci95": interval("simtorch-cl", "pytorch-cka"), "err_simtorch_cl": acc.get("err_simtorch_cl"),
+        "peercl_over_fwd": paired("pytorch-cka-cl", "forward"),
+        "cl_over_peercl": paired("simtorch-cl", "pytorch-cka-cl"), "cl_over_peercl_min": minmin("simtorch-cl", "pytorch-cka-cl"),
+        "cl_over_peercl_ci95": interval("simtorch-cl", "pytorch-cka-cl"), "err_pytorch_cka_cl": acc.get("err_pytorch_cka_cl"),
         "minor_faults": {p: faults(p) for p in PHASES},
         "peak_rss_sim_mib": rss("simtorch"), "peak_rss_peer_mib": rss("pytorch-cka"), "peak_rss_fwd_mib": rss("forward"),
     }
@@ -240,7 +266,8 @@ def table(results: dict, peer_version: str) -> str:
     lines = [f"| workload | grid | forward s | floor ÷ forward | pytorch-cka {peer_version} ÷ forward (median / min) "
              "| simtorch ÷ forward (median / min) | simtorch ÷ floor (median / min) "
              "| **simtorch ÷ pytorch-cka** (median / min) | max\\|Δ\\| vs float64 (pytorch-cka / simtorch) "
-             "| peak RSS fwd / peer / simtorch MiB | minor page faults per pass fwd / floor / peer / simtorch |",
+             "| peak RSS fwd / peer / simtorch MiB | minor page faults per pass fwd / floor / peer / simtorch "
+             "/ floor-cl / peer-cl / simtorch-cl |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in results.items():
         if "error" in s:
@@ -254,6 +281,21 @@ def table(results: dict, peer_version: str) -> str:
             f"{fmt(s['err_pytorch_cka'], '.1e')} / {fmt(s['err_simtorch'], '.1e')} | "
             f"{s['peak_rss_fwd_mib']:.0f} / {s['peak_rss_peer_mib']:.0f} / {s['peak_rss_sim_mib']:.0f} | "
             + " / ".join(fmt(s.get("minor_faults", {}).get(p), ".0f") for p in PHASES) + " |")
+    lines += ["", "Images in channels_last: simtorch with RunOptions(channels_last=True); 'floor-cl' = the floor "
+              "with the same inputs, each activation multiplied in its memory order; 'pytorch-cka-cl' = pytorch-cka "
+              "given the same images by its loader:", "",
+              "| workload | floor-cl ÷ forward | pytorch-cka-cl ÷ forward | simtorch-cl ÷ forward (median / min) "
+              "| simtorch-cl ÷ floor-cl (median / min) | simtorch-cl ÷ pytorch-cka (median / min) "
+              "| **simtorch-cl ÷ pytorch-cka-cl** (median / min; 95 % interval) "
+              "| max\\|Δ\\| vs float64 (pytorch-cka-cl / simtorch-cl) |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in results.items():
+        if "error" not in s:
+            lo, hi = s["cl_over_peercl_ci95"]
+            lines.append(f"| {name} | {fmt(s['floorcl_over_fwd'])} | {fmt(s['peercl_over_fwd'])} | "
+                         f"{fmt(s['cl_over_fwd'])} / {fmt(s['cl_over_fwd_min'])} | {fmt(s['cl_over_floorcl'])} / "
+                         f"{fmt(s['cl_over_floorcl_min'])} | {fmt(s['cl_over_peer'])} / {fmt(s['cl_over_peer_min'])} | "
+                         f"**{fmt(s['cl_over_peercl'])}** / {fmt(s['cl_over_peercl_min'])}; {lo:.3f}–{hi:.3f} | "
+                         f"{fmt(s['err_pytorch_cka_cl'], '.1e')} / {fmt(s['err_simtorch_cl'], '.1e')} |")
     out = ["", "Targets (issue 12; 'floor' = forward + one bare float32 GEMM X Xᵀ per hooked layer):"]
     for name, s in results.items():
         if "error" in s:
@@ -267,9 +309,14 @@ def table(results: dict, peer_version: str) -> str:
         lo, hi = s["sim_over_floor_ci95"]
         out.append(f"  {'✓' if ok else '✗'} {name}: simtorch ÷ floor ≤ 1.03 (median): {s['sim_over_floor']:.3f} "
                    f"(min/min {s['sim_over_floor_min']:.3f}; median's 95 % interval {lo:.3f}–{hi:.3f})")
+        for key, peer in (("cl_over_peer", "pytorch-cka"), ("cl_over_peercl", "pytorch-cka-cl")):
+            ok = s[key] <= 1.0 and s[f"{key}_min"] <= 1.0
+            out.append(f"  {'✓' if ok else '✗'} {name}: simtorch-cl ÷ {peer} ≤ 1.00 (median and min): "
+                       f"{s[key]:.3f} / {s[f'{key}_min']:.3f}")
         if s["err_simtorch"] is not None:
             out.append(f"  {'✓' if s['err_simtorch'] <= 1e-6 else '✗'} {name}: simtorch max|Δ| vs float64 ≤ 1e-6: "
-                       f"{s['err_simtorch']:.1e} (pytorch-cka {s['err_pytorch_cka']:.1e})")
+                       f"{s['err_simtorch']:.1e} (channels_last {fmt(s['err_simtorch_cl'], '.1e')}; "
+                       f"pytorch-cka {s['err_pytorch_cka']:.1e})")
     return "\n".join(lines + out)
 
 
